@@ -1,0 +1,5 @@
+import sys
+
+from geokd.cli import main
+
+sys.exit(main())
