@@ -1,0 +1,235 @@
+"""Turn a :class:`~geokd.train.config.TrainConfig` into trained weights.
+
+:func:`train` seeds every RNG, loads the data, builds the student (and loads the frozen
+teacher), builds each distillation term from the loss registry, checks everything that
+can be checked before the first step (sensing point names, term parameters, a dry
+forward pass), then runs :func:`geokd.train.loop.fit`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from geokd.errors import ConfigError
+from geokd.train.config import TrainConfig
+from geokd.train.distributed import DistributedContext
+from geokd.train.loop import RunResult, Term, TrainingParts, fit
+from geokd.train.runs import RunDir
+
+__all__ = ["train", "build_parts", "load_teacher", "seed_everything", "build_terms"]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch, NumPy and ``random``; return the data-order generator seeded likewise."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def load_teacher(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The frozen teacher from a run directory, one of our checkpoints or a released network."""
+    from geokd.checkpoints import load_any
+
+    path = Path(path)
+    if path.is_dir():
+        run = RunDir(path)
+        if not run.is_finished():
+            raise ConfigError(f"teacher: run directory {path} holds no finished run (no model.pt / status)")
+        path = run.model_path
+    if not path.exists():
+        raise ConfigError(f"teacher: expected a run directory or checkpoint file, got missing path {path}")
+    teacher = load_any(path, device=device)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def _check_points(model: nn.Module, points: tuple[str, ...], *, role: str) -> None:
+    modules = dict(model.named_modules())
+    for name in points:
+        base = name[: -len(":input")] if name.endswith(":input") else name
+        if base not in modules:
+            close = difflib.get_close_matches(base, [m for m in modules if m], n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(
+                f"{role} sensing point {name!r} does not exist in {type(model).__name__}{hint}"
+            )
+
+
+def build_terms(config: TrainConfig, *, device: torch.device) -> list[Term]:
+    """Each configured term as a built loss module, validated and named uniquely."""
+    from geokd.losses import build_loss, get_loss_class
+
+    terms, seen = [], {}
+    for i, tc in enumerate(config.terms):
+        where = f"terms[{i}] ({tc.loss})"
+        try:
+            cls = get_loss_class(tc.loss)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        signature = inspect.signature(cls.__init__)
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+        known = [n for n in signature.parameters if n != "self"]
+        for key in tc.params:
+            if not accepts_any and key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f" (it takes: {', '.join(known) or 'nothing'})"
+                raise ConfigError(f"{where}.params: unknown parameter {key!r}{hint}")
+        try:
+            module = build_loss(tc.loss, **tc.params)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        seen[tc.loss] = seen.get(tc.loss, 0) + 1
+        name = tc.loss if seen[tc.loss] == 1 else f"{tc.loss}_{seen[tc.loss]}"
+        terms.append(Term(name=name, weight=tc.weight, module=module.to(device)))
+    return terms
+
+
+def _taps(model: nn.Module, names: tuple[str, ...]) -> Callable:
+    from geokd.models.taps import FeatureTaps
+
+    return FeatureTaps(model, list(names))
+
+
+def build_parts(config: TrainConfig, *, device: torch.device, ctx: DistributedContext) -> tuple[TrainingParts, TrainConfig]:
+    """Data, models, taps and terms for ``config`` (and the config with inferred model sizes)."""
+    from geokd.data import BatchLoader, load_dataset
+    from geokd.models import build_model, model_config
+
+    d = config.data
+    generator = seed_everything(config.run.seed)
+    train_set = load_dataset(d.name, split="train", root=d.root, download=d.download, fraction=d.fraction,
+                             seed=d.fraction_seed)
+    test_set = load_dataset(d.name, split="test", root=d.root, download=d.download)
+    n_train = len(train_set.labels)
+    if ctx.enabled:
+        ctx.check_batch(d.batch_size, what="data.batch_size")
+        last = 0 if d.drop_last else n_train % d.batch_size
+        if last % ctx.world_size:
+            raise ConfigError(
+                f"data: the last batch of {last} inputs does not split over {ctx.world_size} processes; "
+                "set data.drop_last=true or change data.batch_size"
+            )
+    if n_train < d.batch_size and d.drop_last:
+        raise ConfigError(f"data.batch_size: {d.batch_size} is more than the {n_train} training inputs with drop_last")
+
+    config = copy.deepcopy(config)
+    params = dict(config.model.params)
+    params.setdefault("num_classes", int(train_set.num_classes))
+    try:
+        student = build_model(config.model.name, **params)
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}") from None
+    config.model.params = params
+    student.to(device)
+    points = tuple(config.model.sensing_points or getattr(student, "sensing_points", ()))
+    _check_points(student, points, role="student")
+
+    terms = build_terms(config, device=device)
+    local_batch = d.batch_size // ctx.world_size if not config.run.global_batch_graph else d.batch_size
+    for term, tc in zip(terms, config.terms):
+        k = tc.params.get("k")
+        if k is not None and k >= local_batch:
+            raise ConfigError(
+                f"terms ({term.name}).params.k: expected fewer neighbours than the {local_batch} inputs each "
+                f"graph sees, got k={k}"
+            )
+    teacher = teacher_taps = None
+    teacher_points: tuple[str, ...] = ()
+    if any(t.needs_teacher for t in terms):
+        if config.teacher is None:
+            raise ConfigError(
+                f"teacher: the terms {', '.join(t.name for t in terms if t.needs_teacher)} need a teacher; "
+                "set teacher = \"<run dir or checkpoint>\""
+            )
+        teacher = load_teacher(config.teacher, device=device)
+        teacher_points = tuple(getattr(teacher, "sensing_points", ()))
+        _check_points(teacher, teacher_points, role="teacher")
+        teacher_taps = _taps(teacher, teacher_points)
+    term_taps = {}
+    for term in terms:
+        s_names = getattr(term.module, "student_taps", None)
+        t_names = getattr(term.module, "teacher_taps", None)
+        if s_names:
+            _check_points(student, tuple(s_names), role=f"term {term.name}: student")
+        if t_names and teacher is not None:
+            _check_points(teacher, tuple(t_names), role=f"term {term.name}: teacher")
+        if s_names or t_names:
+            term_taps[term.name] = (
+                _taps(student, tuple(s_names)) if s_names else None,
+                _taps(teacher, tuple(t_names)) if (t_names and teacher is not None) else None,
+            )
+
+    train_batches = BatchLoader(train_set, batch_size=d.batch_size, shuffle=True, augment=d.augment,
+                                device=device, generator=generator, drop_last=d.drop_last)
+    test_batches = BatchLoader(test_set, batch_size=d.eval_batch_size, shuffle=False, augment=False,
+                               device=device)
+    student_taps = _taps(student, points)
+    _dry_run([("student", student, student_taps), ("teacher", teacher, teacher_taps)], test_batches, config)
+    parts = TrainingParts(
+        student=student, student_taps=student_taps, train_batches=train_batches, test_batches=test_batches,
+        generator=generator, student_points=points, teacher=teacher, teacher_taps=teacher_taps,
+        teacher_points=teacher_points, terms=terms, term_taps=term_taps, model_config=model_config(student),
+    )
+    return parts, config
+
+
+@torch.no_grad()
+def _dry_run(roles, test_batches, config: TrainConfig) -> None:
+    """One eval-mode forward on two test inputs so shape mismatches surface before training."""
+    x, _ = next(iter(test_batches))
+    x = x[:2]
+    for role, model, taps in roles:
+        if taps is None:
+            continue
+        was_training = model.training
+        model.eval()
+        try:
+            taps(x)
+        except RuntimeError as exc:
+            name = config.model.name if role == "student" else config.teacher
+            raise ConfigError(
+                f"{role} network ({name}) cannot read {config.data.name} inputs of shape {tuple(x.shape)}: {exc}"
+            ) from None
+        finally:
+            model.train(was_training)
+
+
+def train(config: TrainConfig, *, run_dir: str | Path, device: str | torch.device = "cpu", resume: bool = False,
+          on_epoch_end: Callable[[dict], None] | None = None, progress: bool | None = None) -> RunResult:
+    """Train the run described by ``config`` into ``run_dir``.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) the processes join a gloo/NCCL group and
+    train data-parallel; only rank 0 writes the run directory.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        A validated config (see :func:`geokd.train.load_config`).
+    run_dir : path
+        Where the run lives (``config.json``, ``meta.json``, ``metrics.jsonl``, ``state.pt``,
+        ``model.pt``).
+    device : str or torch.device
+        ``"cpu"``, ``"cuda"``…; AMP and channels-last come from ``config.run``.
+    resume : bool
+        Continue an interrupted run from its last finished epoch (bit-exact on CPU).
+    on_epoch_end : callable, optional
+        Receives each epoch's metrics record.
+    progress : bool, optional
+        tqdm bar (default: on a terminal, off when ``CI`` is set).
+    """
+    ctx = DistributedContext.from_env(device=device)
+    device = ctx.device_for(device)
+    parts, resolved = build_parts(config, device=device, ctx=ctx)
+    return fit(parts, resolved, run_dir=run_dir, device=device, resume=resume, on_epoch_end=on_epoch_end,
+               progress=progress, ctx=ctx)

@@ -1,0 +1,501 @@
+"""The one training loop: cross-entropy plus weighted distillation terms.
+
+:func:`fit` trains already-built parts (:class:`TrainingParts`) under a
+:class:`~geokd.train.config.TrainConfig`; :func:`geokd.train.train` builds those parts
+from the config and calls it. A teacher run is the same loop with no terms.
+
+Per step: the student's sensing points are read through taps; the teacher (frozen, eval
+mode, ``no_grad``) likewise; the loss is ``CE + sum(weight * term)``. Loss modules may
+carry trainable parameters (added to the optimizer), ``init_epochs`` (train with that
+term alone first), ``clip_to_task_gradient`` (its gradient is scaled down to the CE
+gradient's norm), ``student_taps`` / ``teacher_taps`` (other layers than the model's
+sensing points) and ``needs_teacher``.
+
+Every epoch ends with an evaluation on the test set, one line in ``metrics.jsonl`` and an
+atomically written resumable state holding the model, optimizer, scheduler, loss
+modules and every RNG state, so a resumed run is bit-identical on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geokd.errors import ConfigError
+from geokd.models.outputs import ModelOutputs
+from geokd.train.config import TrainConfig, config_to_dict
+from geokd.train.distributed import DistributedContext
+from geokd.train.runs import RunDir, environment_info, utc_now
+from geokd.train.state import capture_rng, read_state, restore_rng, write_state
+
+__all__ = ["Term", "TrainingParts", "RunResult", "NonFiniteLossError", "fit", "evaluate", "term_names"]
+
+
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """A loss term or gradient became NaN/Inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class Term:
+    """A built distillation term: ``weight * module(student, teacher, labels)``."""
+
+    name: str
+    weight: float
+    module: nn.Module
+
+    @property
+    def init_epochs(self) -> int:
+        return int(getattr(self.module, "init_epochs", 0) or 0)
+
+    @property
+    def clip_to_task_gradient(self) -> bool:
+        return bool(getattr(self.module, "clip_to_task_gradient", False))
+
+    @property
+    def needs_teacher(self) -> bool:
+        return bool(getattr(self.module, "needs_teacher", True))
+
+
+@dataclass
+class TrainingParts:
+    """Everything :func:`fit` trains with, already built.
+
+    ``train_batches`` is re-iterated each epoch and must draw all its randomness from
+    ``generator`` (saved and restored with the state); ``student_taps`` / ``teacher_taps``
+    are callables ``x -> ModelOutputs`` whose features follow ``student_points`` /
+    ``teacher_points``; a term whose module names other taps gets them by name from
+    ``extra_taps(model, names)``.
+    """
+
+    student: nn.Module
+    student_taps: Callable[[torch.Tensor], ModelOutputs]
+    train_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    test_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    generator: torch.Generator
+    student_points: tuple[str, ...] = ()
+    teacher: nn.Module | None = None
+    teacher_taps: Callable[[torch.Tensor], ModelOutputs] | None = None
+    teacher_points: tuple[str, ...] = ()
+    terms: list[Term] = field(default_factory=list)
+    term_taps: dict[str, tuple[Callable | None, Callable | None]] = field(default_factory=dict)
+    model_config: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns (everything is also on disk in ``run_dir``)."""
+
+    run_dir: Path
+    model: nn.Module
+    metrics: list[dict]
+    final_test_error: float
+    train_seconds: float
+    resumed_from_epoch: int = 0
+
+
+def term_names(terms: list[Term]) -> list[str]:
+    return [t.name for t in terms]
+
+
+def _progress_enabled() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def _autocast(device: torch.device, amp: str | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable, *, device: torch.device | str = "cpu",
+             amp: str | None = None, channels_last: bool = False) -> float:
+    """Top-1 error in percent of ``model`` over ``(x, y)`` batches (eval mode, restored after)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    wrong = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
+    try:
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, amp):
+                out = model(x)
+            logits = out[0] if isinstance(out, (tuple, list)) else out
+            wrong += (logits.argmax(dim=1) != y).sum()
+            total += y.shape[0]
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("evaluate: expected at least one test batch, got none")
+    return 100.0 * wrong.item() / total
+
+
+def _optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    o = config.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                               nesterov=o.nesterov)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def _select(outputs: ModelOutputs, indices: list[int] | None) -> ModelOutputs:
+    if indices is None:
+        return outputs
+    return ModelOutputs(outputs.logits, [outputs.features[i] for i in indices])
+
+
+def _grad_norm(grads: list[torch.Tensor | None]) -> torch.Tensor:
+    present = [g for g in grads if g is not None]
+    if not present:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)))
+
+
+class _Stepper:
+    """One optimisation step; kept apart from the epoch bookkeeping."""
+
+    def __init__(self, parts: TrainingParts, config: TrainConfig, ctx: DistributedContext,
+                 device: torch.device, params: list[nn.Parameter], optimizer, scaler):
+        self.parts, self.config, self.ctx, self.device = parts, config, ctx, device
+        self.params, self.optimizer, self.scaler = params, optimizer, scaler
+        self.sync_each_step = device.type == "cpu" or config.run.skip_nonfinite_steps
+        self.teacher_needed = parts.teacher is not None and any(t.needs_teacher for t in parts.terms)
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
+        """(CE or None, [term values], active terms) for this batch at this epoch (0-based)."""
+        parts, ctx = self.parts, self.ctx
+        init_terms = [t for t in parts.terms if t.init_epochs > epoch]
+        active = init_terms or [t for t in parts.terms]
+        with _autocast(self.device, self.config.run.amp):
+            student = parts.student_taps(x)
+            teacher = None
+            if self.teacher_needed and any(t.needs_teacher for t in active):
+                with torch.no_grad():
+                    teacher = parts.teacher_taps(x)
+            ce = None if init_terms else F.cross_entropy(student.logits, y)
+            values = []
+            for term in active:
+                s_out, t_out = student, teacher
+                s_extra, t_extra = parts.term_taps.get(term.name, (None, None))
+                if s_extra is not None:
+                    s_out = s_extra(x)
+                if t_extra is not None and term.needs_teacher:
+                    with torch.no_grad():
+                        t_out = t_extra(x)
+                labels = y
+                if ctx.enabled and self.config.run.global_batch_graph:
+                    s_out = ctx.gather_outputs(s_out, with_grad=True)
+                    t_out = ctx.gather_outputs(t_out, with_grad=False) if t_out is not None else None
+                    labels = ctx.gather(y)
+                values.append(term.module(s_out, t_out, labels).float())
+        return ce, values, active, student.logits
+
+    def step(self, x, y, *, epoch: int, step: int):
+        """Forward, backward, step; returns (ce, values, active, logits, skipped)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        ce, values, active, logits = self.losses(x, y, epoch)
+        weights = [t.weight for t in active]
+        plain = [w * v for w, v, t in zip(weights, values, active) if not t.clip_to_task_gradient]
+        clipped = [w * v for w, v, t in zip(weights, values, active) if t.clip_to_task_gradient]
+        ce_f = ce.float() if ce is not None else None
+        if self.sync_each_step:
+            self._check_finite(ce_f, values, active, epoch=epoch, step=step)
+        total = sum(plain, ce_f if ce_f is not None else torch.zeros((), device=self.device))
+        if clipped and ce_f is not None:
+            # The distillation gradient may not outweigh the task gradient (KD-SVD, IEP).
+            g_task = torch.autograd.grad(ce_f, self.params, retain_graph=True, allow_unused=True)
+            g_dist = torch.autograd.grad(sum(clipped), self.params, retain_graph=True, allow_unused=True)
+            scale = torch.clamp(_grad_norm(g_task) / (_grad_norm(g_dist) + 1e-12), max=1.0)
+            total.backward()
+            for p, g in zip(self.params, g_dist):
+                if g is None:
+                    continue
+                p.grad = g * scale if p.grad is None else p.grad.add_(g * scale)
+        elif clipped:
+            total = total + sum(clipped)
+            self.scaler.scale(total).backward()
+        else:
+            self.scaler.scale(total).backward()
+        self.ctx.average_gradients(self.params)
+        self.scaler.unscale_(self.optimizer)
+        skipped = False
+        if self.sync_each_step:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            if grads and not bool(torch.isfinite(_grad_norm(grads))):
+                if self.config.run.skip_nonfinite_steps:
+                    skipped = True
+                else:
+                    raise NonFiniteLossError(
+                        f"epoch {epoch + 1}, step {step}: the gradient became NaN/Inf (losses were finite: "
+                        + ", ".join(f"{t.name}={v.item():.4g}" for t, v in zip(active, values))
+                        + "); the last good checkpoint is kept"
+                    )
+        if self.config.run.skip_nonfinite_steps and getattr(self, "_skip_now", False):
+            skipped = True
+            self._skip_now = False
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return ce_f, values, active, logits, skipped
+
+    def _check_finite(self, ce, values, active, *, epoch: int, step: int) -> None:
+        named = ([("cross_entropy", ce)] if ce is not None else []) + [
+            (t.name, v) for t, v in zip(active, values)
+        ]
+        ok = torch.isfinite(torch.stack([v.detach() for _, v in named])).all()
+        if bool(ok):
+            return
+        if self.config.run.skip_nonfinite_steps:
+            self._skip_now = True
+            return
+        bad = [name for name, v in named if not bool(torch.isfinite(v.detach()))]
+        raise NonFiniteLossError(
+            f"epoch {epoch + 1}, step {step}: loss term {', '.join(bad)} is NaN/Inf; "
+            "training stopped and the last good checkpoint is kept "
+            "(set run.skip_nonfinite_steps=true to skip such steps instead)"
+        )
+
+
+def fit(parts: TrainingParts, config: TrainConfig, *, run_dir: str | Path, device: str | torch.device = "cpu",
+        resume: bool = False, on_epoch_end: Callable[[dict], None] | None = None,
+        progress: bool | None = None, ctx: DistributedContext | None = None) -> RunResult:
+    """Train ``parts.student`` under ``config``, writing the run directory.
+
+    Parameters
+    ----------
+    parts : TrainingParts
+        Built models, taps, terms and batch iterables.
+    config : TrainConfig
+        The resolved config (saved as ``config.json``).
+    run_dir : path
+        Run directory; refused if another process holds its lock, or if it holds a
+        finished or started run and ``resume`` is false.
+    device : str or torch.device
+        Where to train.
+    resume : bool
+        Continue from ``state.pt`` (the last finished epoch); a finished run is returned as is.
+    on_epoch_end : callable, optional
+        Called with each epoch's metrics record (for printing in the CLI).
+    progress : bool, optional
+        Show a tqdm bar; default: when stderr is a terminal and ``CI`` is unset.
+    ctx : DistributedContext, optional
+        The data-parallel context (default: single process).
+    """
+    device = torch.device(device)
+    ctx = ctx or DistributedContext()
+    run = RunDir(run_dir)
+    progress = _progress_enabled() if progress is None else progress
+    r = config.run
+    if r.amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"run.amp: fp16 autocast needs a CUDA device, got {device}; use 'bf16' or none")
+    lock = run.lock() if ctx.is_main else contextlib.nullcontext()
+    with lock:
+        return _fit_locked(parts, config, run, device, resume, on_epoch_end, progress and ctx.is_main, ctx)
+
+
+def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx) -> RunResult:
+    r = config.run
+    student = parts.student
+    if r.channels_last:
+        student.to(memory_format=torch.channels_last)
+    params = [p for p in student.parameters() if p.requires_grad]
+    for term in parts.terms:
+        params += [p for p in term.module.parameters() if p.requires_grad]
+    optimizer = _optimizer(config, params)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(config.schedule.milestones), gamma=config.schedule.gamma
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=(r.amp == "fp16"))
+    generators = {"data": parts.generator}
+
+    start_epoch, elapsed = 0, 0.0
+    if run.is_finished() and resume:
+        return _finished_result(run, student, device)
+    if run.state_path.is_file() or run.metrics_path.is_file():
+        if not resume:
+            raise ConfigError(
+                f"run directory {run.path} already holds a run; pass resume=True (--resume) to continue it "
+                "or choose another directory"
+            )
+    if resume and run.state_path.is_file():
+        state = read_state(run.state_path)
+        student.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        for term, sd in zip(parts.terms, state["terms"]):
+            term.module.load_state_dict(sd)
+        restore_rng(state["rng"], generators)
+        start_epoch, elapsed = int(state["epoch"]), float(state["train_seconds"])
+        if ctx.is_main:
+            run.truncate_metrics(last_epoch=start_epoch)
+    elif ctx.is_main:
+        run.truncate_metrics(last_epoch=0)
+    ctx.broadcast_module(student)
+    for term in parts.terms:
+        ctx.broadcast_module(term.module)
+
+    if ctx.is_main:
+        run.write_json(run.config_path, config_to_dict(config))
+        meta = run.read_meta()
+        run.write_json(run.meta_path, {
+            **meta,
+            "seed": r.seed,
+            "device": str(device),
+            "world_size": ctx.world_size,
+            "environment": environment_info(),
+            "start_time": meta.get("start_time", utc_now()),
+            "resumed_at_epoch": ([*meta.get("resumed_at_epoch", []), start_epoch] if start_epoch else
+                                 meta.get("resumed_at_epoch", [])),
+            "status": "running",
+        })
+    writer = _tensorboard(run) if (r.tensorboard and ctx.is_main) else None
+
+    if parts.teacher is not None:
+        parts.teacher.eval()
+        parts.teacher.requires_grad_(False)
+    stepper = _Stepper(parts, config, ctx, device, params, optimizer, scaler)
+    names = term_names(parts.terms)
+    epochs = config.schedule.epochs
+    try:
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            student.train()
+            for term in parts.terms:
+                term.module.train()
+            sums = torch.zeros(2 + len(names), dtype=torch.float64, device=device)  # ce, correct, terms
+            seen, steps, skipped = 0, 0, 0
+            batches = parts.train_batches
+            if progress:
+                from tqdm.auto import tqdm
+
+                batches = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+            for x, y in batches:
+                x, y = ctx.shard(x), ctx.shard(y)
+                if r.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                steps += 1
+                ce, values, active, logits, was_skipped = stepper.step(x, y, epoch=epoch, step=steps)
+                if was_skipped:
+                    skipped += 1
+                    continue
+                with torch.no_grad():
+                    n = y.shape[0]
+                    seen += n
+                    if ce is not None:
+                        sums[0] += ce.detach().double() * n
+                    sums[1] += (logits.argmax(1) == y).sum()
+                    for term, v in zip(active, values):
+                        sums[2 + names.index(term.name)] += v.detach().double() * n
+                if progress and steps % 10 == 0:
+                    batches.set_postfix(loss=f"{sums[0].item() / max(seen, 1):.3f}",
+                                        acc=f"{100 * sums[1].item() / max(seen, 1):.1f}")
+            scheduler.step()
+            sums = ctx.all_sum(sums)
+            seen_all = int(ctx.all_sum(torch.tensor(seen, device=device)).item())
+            totals = (sums / max(seen_all, 1)).tolist()
+            if not all(math.isfinite(v) for v in totals):
+                raise NonFiniteLossError(
+                    f"epoch {epoch + 1}: a loss became NaN/Inf during the epoch "
+                    f"({dict(zip(['cross_entropy', 'accuracy', *names], totals))}); the last good checkpoint is kept"
+                )
+            train_seconds = time.perf_counter() - t0
+            test_error = evaluate(student, parts.test_batches, device=device, amp=r.amp,
+                                  channels_last=r.channels_last)
+            elapsed += train_seconds
+            record = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_cross_entropy": totals[0] if epoch >= max([t.init_epochs for t in parts.terms] or [0]) else None,
+                "train_terms": dict(zip(names, totals[2:])),
+                "train_accuracy": 100.0 * totals[1],
+                "test_error": test_error,
+                "seconds": train_seconds,
+                "skipped_steps": skipped,
+            }
+            if ctx.is_main:
+                run.append_metrics(record)
+                if (epoch + 1) % r.checkpoint_every == 0 or epoch + 1 == epochs:
+                    write_state(run.state_path, {
+                        "epoch": epoch + 1,
+                        "train_seconds": elapsed,
+                        "model": student.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "terms": [t.module.state_dict() for t in parts.terms],
+                        "rng": capture_rng(generators),
+                    })
+                if writer is not None:
+                    _log_tensorboard(writer, record)
+            if on_epoch_end is not None and ctx.is_main:
+                on_epoch_end(record)
+    except BaseException as exc:
+        if ctx.is_main:
+            run.update_meta(status="failed", error=f"{type(exc).__name__}: {exc}", end_time=utc_now())
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+
+    metrics = run.read_metrics() if ctx.is_main else []
+    if ctx.is_main:
+        _save_final_model(run, student, parts.model_config)
+        run.update_meta(status="finished", end_time=utc_now(), train_seconds=elapsed,
+                        final_test_error=metrics[-1]["test_error"] if metrics else None)
+    ctx.barrier()
+    final = metrics[-1]["test_error"] if metrics else float("nan")
+    return RunResult(run.path, student, metrics, final, elapsed, resumed_from_epoch=start_epoch)
+
+
+def _save_final_model(run: RunDir, model: nn.Module, model_config: dict) -> None:
+    from geokd.checkpoints import save_checkpoint
+
+    save_checkpoint(run.model_path, model, model_config=model_config, extra={"run_dir": str(run.path)})
+
+
+def _finished_result(run: RunDir, model: nn.Module, device: torch.device) -> RunResult:
+    state = read_state(run.state_path)
+    model.load_state_dict(state["model"])
+    model.to(device)
+    metrics = run.read_metrics()
+    return RunResult(run.path, model, metrics, metrics[-1]["test_error"], float(state["train_seconds"]),
+                     resumed_from_epoch=int(state["epoch"]))
+
+
+def _tensorboard(run: RunDir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ConfigError(f"run.tensorboard=true needs the tensorboard package ({exc}); "
+                          "pip install tensorboard or turn it off") from None
+    return SummaryWriter(log_dir=str(run.path / "tensorboard"))
+
+
+def _log_tensorboard(writer, record: dict[str, Any]) -> None:
+    step = record["epoch"]
+    for key in ("lr", "train_cross_entropy", "train_accuracy", "test_error", "seconds"):
+        if record.get(key) is not None:
+            writer.add_scalar(key, record[key], step)
+    for name, value in record["train_terms"].items():
+        writer.add_scalar(f"terms/{name}", value, step)
