@@ -1,0 +1,119 @@
+"""Similarity kernels: from a batch of activations to a dense zero-diagonal graph.
+
+Zero-row policy: an all-zero row has cosine similarity 0 with every row (it is left
+at zero instead of being divided by its zero norm), so graphs stay finite.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from geokd.graphs._validation import check_activations
+
+KERNELS = ("cosine", "gaussian", "dot")
+
+
+def _zero_diagonal(a: torch.Tensor) -> torch.Tensor:
+    # Multiplying by a mask (instead of writing in place) keeps autograd simple.
+    eye = torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
+    return a.masked_fill(eye, 0.0)
+
+
+def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances between the rows of a ``(N, F)`` tensor, safe to differentiate.
+
+    Uses the Gram expansion ``|a|^2 + |b|^2 - 2<a, b>`` (memory O(N^2), not O(N^2 F), which
+    matters for wide conv layers), clamped at 0 with an exactly zero diagonal; the gradient
+    of a zero distance (the diagonal, or duplicate rows) is 0 rather than NaN.
+
+    Examples
+    --------
+    >>> pairwise_distances(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
+    tensor([[0., 5.],
+            [5., 0.]])
+    """
+    gram = x @ x.T
+    gram = 0.5 * (gram + gram.T)
+    sq_norms = torch.diagonal(gram)
+    squared = (sq_norms.unsqueeze(1) + sq_norms.unsqueeze(0) - 2 * gram).clamp_min(0.0)
+    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    positive = (squared > 0) & ~eye
+    # The double where keeps sqrt's infinite slope at 0 out of the backward pass.
+    return torch.where(positive, torch.sqrt(torch.where(positive, squared, torch.ones_like(squared))),
+                       torch.zeros_like(squared))
+
+
+def mean_offdiagonal(a: torch.Tensor) -> torch.Tensor:
+    """Mean of the ``N(N-1)`` off-diagonal entries of a square tensor."""
+    n = a.shape[0]
+    return (a.sum() - torch.diagonal(a).sum()) / (n * (n - 1))
+
+
+def similarity(x: torch.Tensor, *, kernel: str = "cosine", sigma: float | None = None,
+               clamp_negative: bool = False, where: str | None = None) -> torch.Tensor:
+    """Dense similarity graph of a batch of activations, with a zero diagonal.
+
+    Each input ``x[i]`` is flattened channel-major (C·H·W) to a row.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, ...)`` activations, ``B >= 2``, finite.
+    kernel : {"cosine", "gaussian", "dot"}
+        ``"cosine"`` (the GKD paper): ``<z_i, z_j>`` of L2-normalized rows (a zero row has
+        similarity 0 with everything). ``"gaussian"``: ``exp(-d_ij^2 / (2 sigma^2))`` on
+        Euclidean distances. ``"dot"``: the plain inner product ``<x_i, x_j>``.
+    sigma : float, optional
+        Gaussian width; default: the mean Euclidean distance over pairs ``i != j`` of the
+        batch (differentiable). If every input is identical, all off-diagonal weights are 1.
+    clamp_negative : bool
+        Replace negative similarities by 0 (not the paper's default, which keeps them).
+    where : str, optional
+        Prefix for error messages (e.g. the layer name).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, B)`` symmetric graph, zero diagonal, same dtype and device as ``x``.
+
+    Examples
+    --------
+    >>> x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    >>> similarity(x)
+    tensor([[0., 1., 0.],
+            [1., 0., 0.],
+            [0., 0., 0.]])
+    >>> similarity(x, kernel="dot")
+    tensor([[0., 2., 0.],
+            [2., 0., 0.],
+            [0., 0., 0.]])
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"expected kernel in {KERNELS}, got {kernel!r}")
+    if sigma is not None and kernel != "gaussian":
+        raise ValueError(f"sigma is the width of the gaussian kernel; got sigma={sigma!r} with kernel={kernel!r}")
+    flat = check_activations(x, where=where)
+    if kernel == "cosine":
+        # F.normalize divides by max(norm, eps): a zero row stays zero (cosine 0).
+        z = F.normalize(flat, p=2.0, dim=1)
+        a = z @ z.T
+    elif kernel == "dot":
+        a = flat @ flat.T
+    else:
+        dist = pairwise_distances(flat)
+        if sigma is None:
+            width = mean_offdiagonal(dist)
+        else:
+            if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (sigma > 0) or sigma == float("inf"):
+                raise ValueError(f"expected a positive finite gaussian sigma, got {sigma!r}")
+            width = torch.as_tensor(float(sigma), dtype=flat.dtype, device=flat.device)
+        safe_width = torch.where(width > 0, width, torch.ones_like(width))
+        exponent = torch.where(width > 0, dist * dist / (2 * safe_width * safe_width), torch.zeros_like(dist))
+        a = torch.exp(-exponent)
+    if kernel != "gaussian":
+        # BLAS does not promise a bitwise-symmetric X X^T; averaging makes it exact.
+        a = 0.5 * (a + a.T)
+    if clamp_negative:
+        a = a.clamp_min(0.0)
+    return _zero_diagonal(a)
