@@ -4,5 +4,11 @@ One module per family; importing this package registers all of them.
 """
 
 from geokd.losses.registry import available_losses, build_loss, get_loss_class, register_loss
+from geokd.losses import kd  # noqa: F401  (registers "kd")
+from geokd.losses import fitnet  # noqa: F401  (registers "fitnet")
+from geokd.losses import attention  # noqa: F401  (registers "attention")
+from geokd.losses import activation_boundary  # noqa: F401  (registers "activation_boundary")
+from geokd.losses import fsp  # noqa: F401  (registers "fsp")
+from geokd.losses import kdsvd  # noqa: F401  (registers "kdsvd")
 
 __all__ = ["available_losses", "build_loss", "get_loss_class", "register_loss"]

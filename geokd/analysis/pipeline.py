@@ -1,0 +1,249 @@
+"""The whole per-layer analysis of a teacher and its students, as tidy rows.
+
+The teacher's activations, graphs, spectra, k-NN votes and low-frequency bases are
+computed once and reused for every student; students are loaded one at a time, so memory
+holds one student's node-set features at most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from geokd.analysis.collect import Activations, collect_activations
+from geokd.analysis.consistency import knn_vote, linear_probe_predictions, output_agreement
+from geokd.analysis.crossgraph import low_frequency_basis, signal_variation
+from geokd.analysis.layer_graph import cosine_knn_graph, gkd_adjacency
+from geokd.analysis.smoothness import smoothness_metrics
+from geokd.analysis.spectral import aligned_distance, heat_trace_distance, lambda_distance, laplacian_spectrum
+from geokd.analysis.tables import make_row
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network to analyze: its identity in the tables and how to get it.
+
+    ``source`` is an ``nn.Module`` or a path loadable by :func:`geokd.checkpoints.load_any`.
+    """
+
+    name: str
+    method: str
+    seed: int | None
+    source: object = field(repr=False)
+
+    def load(self, device) -> nn.Module:
+        if isinstance(self.source, nn.Module):
+            return self.source.to(device)
+        from geokd.checkpoints import load_any
+
+        return load_any(str(self.source), device=device)
+
+
+@dataclass
+class AnalysisResult:
+    """Tidy metric rows, plus the GKD graphs of one small class-sorted batch for heat maps.
+
+    ``heatmaps`` maps ``"<network>/<layer>"`` to the batch's ``Â`` (float32 array);
+    ``heatmap_labels`` are the batch's labels (same for every network).
+    """
+
+    rows: list[dict]
+    heatmaps: dict[str, np.ndarray]
+    heatmap_labels: np.ndarray
+
+
+def heatmap_batch(node_labels: np.ndarray, *, per_class: int) -> np.ndarray:
+    """Positions in the node set of the first ``per_class`` nodes of each class, class-sorted.
+
+    Examples
+    --------
+    >>> heatmap_batch(np.array([1, 0, 1, 0, 0]), per_class=2).tolist()
+    [1, 3, 0, 2]
+    """
+    chosen = [np.flatnonzero(node_labels == c)[:per_class] for c in np.unique(node_labels)]
+    return np.concatenate(chosen)
+
+
+@dataclass(frozen=True)
+class LayerGraphs:
+    """One layer of one network on the node set."""
+
+    knn: object                     # scipy.sparse.csr_matrix, the cosine k-NN graph
+    votes: np.ndarray               # leave-one-out k-NN vote of every node
+    adjacency: torch.Tensor | None  # the dense GKD graph Â (None above DENSE_LIMIT nodes)
+    spectrum: np.ndarray | None     # normalized-Laplacian eigenvalues of the k-NN graph (idem)
+
+
+# Above this many nodes the dense N x N metrics (aligned and spectral distances, cross-graph
+# variation) are skipped: 10,000 nodes would need 400 MB per graph and an O(N^3) eigensolve.
+DENSE_LIMIT = 3000
+
+
+def layer_graphs(features: np.ndarray, labels: np.ndarray, *, k: int, num_classes: int, device,
+                 name: str) -> LayerGraphs:
+    """Build everything the metrics of one layer need, once."""
+    knn = cosine_knn_graph(features, k=k, device=device, name=name)
+    dense = knn.shape[0] <= DENSE_LIMIT
+    return LayerGraphs(
+        knn=knn,
+        votes=knn_vote(knn, labels, num_classes=num_classes, name=name),
+        adjacency=gkd_adjacency(features, device=device, name=name) if dense else None,
+        spectrum=laplacian_spectrum(knn, name=name) if dense else None,
+    )
+
+
+def _network_layer_rows(net: Network, layer: str, graphs: LayerGraphs, labels: np.ndarray,
+                        final_predictions: np.ndarray, extra: dict) -> list[dict]:
+    def row(metric, value):
+        return make_row(network=net.name, method=net.method, seed=net.seed, layer=layer, metric=metric,
+                        value=value, **extra)
+
+    rows = [row(f"smoothness_{lap}", value)
+            for lap, value in smoothness_metrics(graphs.knn, labels, name=layer).items()]
+    rows.append(row("knn_accuracy", (graphs.votes == labels).mean()))
+    rows.append(row("knn_agreement_own_output", (graphs.votes == final_predictions).mean()))
+    return rows
+
+
+def analyze_networks(teacher: Network, students: Sequence[Network], images: torch.Tensor, labels, *,
+                     node_indices, mean, std, layers: Sequence[str] | None = None, k: int = 10,
+                     num_eigenvectors: int = 10, linear_probe: bool = False, device="cpu",
+                     batch_size: int = 500, node_set: str = "nodes", heatmap_per_class: int = 5,
+                     on_network: Callable[[Network], None] | None = None) -> AnalysisResult:
+    """All metrics, per sensing point, of ``teacher`` and every student, as tidy rows.
+
+    Parameters
+    ----------
+    teacher, students : Network
+    images : torch.Tensor
+        ``(N, C, H, W)`` uint8 evaluation images (e.g. the whole test set); the output
+        agreement uses all of them.
+    labels : array-like of int, shape (N,)
+    node_indices : array-like of int
+        The node set (positions in ``images``) the graph metrics are measured on.
+    mean, std : sequence of float
+        The networks' input normalization.
+    layers : sequence of str, optional
+        Sensing points; default the teacher's ``sensing_points`` (students must have the
+        same names).
+    k : int
+        Neighbours of the cosine k-NN graphs.
+    num_eigenvectors : int
+        Teacher low-frequency eigenvectors carried to the student's graph.
+    linear_probe : bool
+        Also measure per-block consistency with a cross-validated linear probe (slower).
+    node_set : str
+        A label for the node set, stored in every row.
+    heatmap_per_class : int
+        Size per class of the batch whose GKD graphs are kept for heat maps (teacher and
+        the first student of each method).
+    on_network : callable, optional
+        Called with each network when its analysis is done (e.g. to report progress).
+
+    Returns
+    -------
+    AnalysisResult
+        ``rows`` with ``network, method, seed, layer, metric, value, node_set, k``, and the
+        heat-map graphs.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"expected one label per image ({images.shape[0]}), got labels of shape {labels.shape}")
+    nodes = np.asarray(node_indices, dtype=np.int64)
+    node_labels = labels[nodes]
+    num_classes = int(labels.max()) + 1
+    extra = {"node_set": node_set, "k": int(k)}
+    batch = heatmap_batch(node_labels, per_class=heatmap_per_class)
+    heatmaps: dict[str, np.ndarray] = {}
+
+    def keep_heatmaps(net: Network, acts: Activations) -> None:
+        for layer in acts.layers:
+            heatmaps[f"{net.name}/{layer}"] = gkd_adjacency(
+                acts.features[layer][batch], device=device, name=f"{net.name} {layer}").cpu().numpy()
+    collect_kw = dict(node_indices=nodes, mean=mean, std=std, batch_size=batch_size, device=device)
+
+    teacher_model = teacher.load(device)
+    layers = tuple(layers or getattr(teacher_model, "sensing_points", ()) or ())
+    if not layers:
+        raise ValueError(f"teacher {teacher.name}: expected layer names or a model with sensing_points")
+    t_acts = collect_activations(teacher_model, images, layers=layers, description=teacher.name, **collect_kw)
+    del teacher_model
+    t_final = t_acts.node_predictions
+    t_all = t_acts.predictions
+    keep_heatmaps(teacher, t_acts)
+    rows = [make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer="output",
+                     metric="test_error", value=100.0 * (t_acts.predictions != labels).mean(), **extra)]
+    teacher_layers: dict[str, tuple[LayerGraphs, np.ndarray, np.ndarray]] = {}
+    for layer in layers:
+        graphs = layer_graphs(t_acts.features[layer], node_labels, k=k, num_classes=num_classes,
+                              device=device, name=f"{teacher.name} {layer}")
+        eigenvalues, basis = (low_frequency_basis(graphs.knn, num_eigenvectors=num_eigenvectors, name=layer)
+                              if graphs.spectrum is not None else (None, None))
+        probe = (linear_probe_predictions(t_acts.features[layer], node_labels, name=layer)
+                 if linear_probe else None)
+        teacher_layers[layer] = (graphs, basis, probe)
+        rows += _network_layer_rows(teacher, layer, graphs, node_labels, t_final, extra)
+        if eigenvalues is not None:
+            rows.append(make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer=layer,
+                                 metric="cross_graph_variation", value=eigenvalues.mean(), **extra))
+        if probe is not None:
+            rows.append(make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer=layer,
+                                 metric="probe_accuracy", value=(probe == node_labels).mean(), **extra))
+    del t_acts
+    if on_network:
+        on_network(teacher)
+
+    methods_shown = set()
+    for student in students:
+        show = student.method not in methods_shown
+        methods_shown.add(student.method)
+        rows += _student_rows(student, images, labels, layers, teacher_layers, t_all, nodes,
+                              collect_kw=collect_kw, k=k, num_classes=num_classes,
+                              linear_probe=linear_probe, extra=extra,
+                              on_activations=keep_heatmaps if show else None)
+        if on_network:
+            on_network(student)
+    return AnalysisResult(rows=rows, heatmaps=heatmaps, heatmap_labels=node_labels[batch])
+
+
+def _student_rows(student, images, labels, layers, teacher_layers, teacher_all, nodes, *,
+                  collect_kw, k, num_classes, linear_probe, extra, on_activations=None):
+    node_labels = labels[nodes]
+    t_final = teacher_all[nodes]
+    model = student.load(collect_kw["device"])
+    acts: Activations = collect_activations(model, images, layers=layers, description=student.name, **collect_kw)
+    del model
+    if on_activations:
+        on_activations(student, acts)
+
+    def row(layer, metric, value):
+        return make_row(network=student.name, method=student.method, seed=student.seed, layer=layer,
+                        metric=metric, value=value, **extra)
+
+    rows = [row("output", "test_error", 100.0 * (acts.predictions != labels).mean())]
+    for metric, value in output_agreement(acts.predictions, teacher_all, labels, name=student.name).items():
+        if metric in ("agreement", "agreement_teacher_right", "agreement_teacher_wrong"):
+            rows.append(row("output", metric, value))
+    for layer in layers:
+        t_graphs, t_basis, t_probe = teacher_layers[layer]
+        name = f"{student.name} {layer}"
+        graphs = layer_graphs(acts.features[layer], node_labels, k=k, num_classes=num_classes,
+                              device=collect_kw["device"], name=name)
+        rows += _network_layer_rows(student, layer, graphs, node_labels, acts.node_predictions, extra)
+        rows.append(row(layer, "knn_agreement_teacher_block", (graphs.votes == t_graphs.votes).mean()))
+        rows.append(row(layer, "knn_agreement_teacher_output", (graphs.votes == t_final).mean()))
+        if graphs.spectrum is not None:
+            rows.append(row(layer, "aligned_distance", aligned_distance(t_graphs.adjacency, graphs.adjacency, name=name)))
+            rows.append(row(layer, "lambda_distance", lambda_distance(t_graphs.spectrum, graphs.spectrum, name=name)))
+            rows.append(row(layer, "heat_trace_distance",
+                            heat_trace_distance(t_graphs.spectrum, graphs.spectrum, name=name)))
+            rows.append(row(layer, "cross_graph_variation", signal_variation(t_basis, graphs.knn, name=name).mean()))
+        if linear_probe:
+            probe = linear_probe_predictions(acts.features[layer], node_labels, name=name)
+            rows.append(row(layer, "probe_accuracy", (probe == node_labels).mean()))
+            rows.append(row(layer, "probe_agreement_teacher_block", (probe == t_probe).mean()))
+    return rows

@@ -1,0 +1,77 @@
+"""Which networks an analysis compares, from paths: run directories or checkpoint files.
+
+- a run directory of the trainer (``runs/<study>/<method>/seed<k>/`` with ``model.pt``):
+  method = the parent folder's name, seed = ``k``;
+- one of the GKD authors' released files: ``GKD_…_<k>.pth`` is method ``gkd``,
+  ``RKD_…_<k>.pth`` is ``rkd-d``, ``WideResNet…`` is the ``teacher``;
+- any other checkpoint file: method = its file name without extension, no seed.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+from geokd.analysis.pipeline import Network
+from geokd.errors import ConfigError
+
+RUN_MODEL_FILE = "model.pt"
+_SEED_DIR = re.compile(r"^seed(\d+)$")
+_RELEASED = {"GKD": "gkd", "RKD": "rkd-d", "WideResNet": "teacher"}
+
+
+def network_from_path(path: str, *, method: str | None = None) -> Network:
+    """Describe the network at ``path`` (run directory or checkpoint file).
+
+    Examples
+    --------
+    >>> network_from_path("graph_kd/RKD_28-1_teaches_28-0.5_0.0_0.0_25.0_False_7.pth", method=None).name
+    'rkd-d-7'
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        model = os.path.join(path, RUN_MODEL_FILE)
+        if not os.path.isfile(model):
+            raise FileNotFoundError(f"expected a run directory with {RUN_MODEL_FILE} at {path}, found none "
+                                    "(is the run finished?)")
+        folder = os.path.basename(os.path.normpath(path))
+        match = _SEED_DIR.match(folder)
+        seed = int(match.group(1)) if match else None
+        parent = os.path.basename(os.path.dirname(os.path.normpath(path)))
+        method = method or (parent if match else folder)
+        return Network(name=f"{method}-{seed}" if seed is not None else method, method=method, seed=seed,
+                       source=model)
+    base = os.path.basename(path)
+    stem = os.path.splitext(base)[0]
+    seed = None
+    for prefix, released_method in _RELEASED.items():
+        if stem.startswith(prefix + "_") or stem.startswith(prefix):
+            method = method or released_method
+            trailing = re.search(r"_(\d+)$", stem)
+            seed = int(trailing.group(1)) if trailing else None
+            break
+    method = method or stem
+    name = f"{method}-{seed}" if seed is not None else method
+    return Network(name=name, method=method, seed=seed, source=path)
+
+
+def expand_paths(patterns, *, base_dir: str = ".") -> list[str]:
+    """Expand ``$VARS`` and globs in ``patterns``, relative to ``base_dir``, sorted naturally.
+
+    A pattern that matches nothing is an error (a typo would silently drop networks).
+    """
+    found = []
+    for pattern in patterns:
+        expanded = os.path.expandvars(os.path.expanduser(pattern))
+        if not os.path.isabs(expanded):
+            expanded = os.path.join(base_dir, expanded)
+        matches = glob.glob(expanded)
+        if not matches:
+            raise ConfigError(f"expected networks at {pattern!r} (looked for {expanded}), found none")
+        found += sorted(matches, key=_natural_key)
+    return found
+
+
+def _natural_key(text: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]

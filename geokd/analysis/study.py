@@ -1,0 +1,103 @@
+"""An analysis study file (TOML): which networks, which data, which node set and graphs.
+
+Example (``analysis/released_checkpoints.toml``)::
+
+    [networks]
+    teacher = "../../shared/graph_kd/WideResNet28-1_0.pth"
+    students = ["../../shared/graph_kd/GKD_*.pth", "../../shared/graph_kd/RKD_*.pth"]
+    [data]
+    dataset = "cifar10"
+    split = "test"
+    mean = [0.4914, 0.4822, 0.4465]
+    std = [0.2023, 0.1994, 0.2010]
+    [nodes]
+    per_class = 100   # or 0 for the whole split
+    seed = 0
+    [graph]
+    k = 10
+    num_eigenvectors = 10
+
+Relative paths are relative to the study file; ``$VARS`` are expanded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+from geokd.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_ALLOWED = {
+    "networks": {"teacher", "students"},
+    "data": {"dataset", "split", "mean", "std"},
+    "nodes": {"per_class", "seed"},
+    "graph": {"k", "num_eigenvectors", "layers", "linear_probe"},
+}
+
+
+@dataclass
+class Study:
+    """Settings of one analysis; every field has the command line's default."""
+
+    teacher: str | None = None
+    students: list[str] = field(default_factory=list)
+    dataset: str = "cifar10"
+    split: str = "test"
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    per_class: int = 100
+    node_seed: int = 0
+    k: int = 10
+    num_eigenvectors: int = 10
+    layers: list[str] | None = None
+    linear_probe: bool = False
+
+
+def load_study(path: str) -> Study:
+    """Read and validate a study TOML file (unknown sections or keys are errors)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"expected a study file at {path}, found nothing")
+    with open(path, "rb") as handle:
+        try:
+            raw = tomllib.load(handle)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for section, values in raw.items():
+        if section not in _ALLOWED or not isinstance(values, dict):
+            raise ConfigError(f"{path}: unknown section [{section}] (expected {sorted(_ALLOWED)})")
+        unknown = set(values) - _ALLOWED[section]
+        if unknown:
+            raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)} in [{section}] "
+                              f"(expected {sorted(_ALLOWED[section])})")
+    base = os.path.dirname(os.path.abspath(path))
+    networks, data, nodes, graph = (raw.get(s, {}) for s in ("networks", "data", "nodes", "graph"))
+
+    def resolve(p: str) -> str:
+        p = os.path.expandvars(os.path.expanduser(p))
+        return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
+
+    study = Study(
+        teacher=resolve(networks["teacher"]) if "teacher" in networks else None,
+        students=[resolve(p) for p in networks.get("students", [])],
+        dataset=data.get("dataset", "cifar10"),
+        split=data.get("split", "test"),
+        mean=data.get("mean"),
+        std=data.get("std"),
+        per_class=nodes.get("per_class", 100),
+        node_seed=nodes.get("seed", 0),
+        k=graph.get("k", 10),
+        num_eigenvectors=graph.get("num_eigenvectors", 10),
+        layers=graph.get("layers"),
+        linear_probe=graph.get("linear_probe", False),
+    )
+    for key in ("per_class", "node_seed", "k", "num_eigenvectors"):
+        value = getattr(study, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{path}: expected {key} as a nonnegative integer, got {value!r}")
+    return study

@@ -1,0 +1,108 @@
+"""Tidy result tables: one row per network x layer x metric, saved as CSV and JSON.
+
+A row is a plain dict with at least the columns of ``COLUMNS``; ``value`` is a float,
+``seed`` an int or ``None`` (the teacher has one seed), ``layer`` is ``"output"`` for
+metrics of the final decision. Other columns (``node_set``, ``k``, ...) may be added and
+are kept by the writers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+
+COLUMNS = ("network", "method", "seed", "layer", "metric", "value")
+
+
+def make_row(*, network: str, method: str, seed: int | None, layer: str, metric: str, value: float,
+             **extra) -> dict:
+    """One tidy row; refuses a value that is not a finite number.
+
+    Examples
+    --------
+    >>> make_row(network="gkd-0", method="gkd", seed=0, layer="pool", metric="ratio", value=0.25)
+    {'network': 'gkd-0', 'method': 'gkd', 'seed': 0, 'layer': 'pool', 'metric': 'ratio', 'value': 0.25}
+    """
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{network} / {layer} / {metric}: expected a finite value, got {value}")
+    return {"network": network, "method": method, "seed": seed, "layer": layer, "metric": metric,
+            "value": value, **extra}
+
+
+def _columns(rows: list[Mapping]) -> list[str]:
+    extra = []
+    for row in rows:
+        for key in row:
+            if key not in COLUMNS and key not in extra:
+                extra.append(key)
+    return list(COLUMNS) + extra
+
+
+def write_table(rows: Iterable[Mapping], path_stem: str) -> tuple[str, str]:
+    """Write ``rows`` to ``<path_stem>.csv`` and ``<path_stem>.json``; return both paths."""
+    rows = list(rows)
+    for row in rows:
+        missing = [c for c in COLUMNS if c not in row]
+        if missing:
+            raise ValueError(f"expected every row to have the columns {COLUMNS}, a row lacks {missing}")
+    os.makedirs(os.path.dirname(os.path.abspath(path_stem)), exist_ok=True)
+    csv_path, json_path = f"{path_stem}.csv", f"{path_stem}.json"
+    columns = _columns(rows)
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+    with open(json_path, "w") as handle:
+        json.dump(rows, handle, indent=1)
+    return csv_path, json_path
+
+
+def read_table(path: str) -> list[dict]:
+    """Read rows written by :func:`write_table` (from its ``.json`` or ``.csv``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> stem = os.path.join(tempfile.mkdtemp(), "metrics")
+    >>> _ = write_table([make_row(network="t", method="teacher", seed=None, layer="pool",
+    ...                           metric="ratio", value=0.5)], stem)
+    >>> read_table(stem + ".csv") == read_table(stem + ".json")
+    True
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"expected a metrics table at {path}, found nothing")
+    if path.endswith(".json"):
+        with open(path) as handle:
+            return json.load(handle)
+    if not path.endswith(".csv"):
+        raise ValueError(f"expected a .csv or .json metrics table, got {path}")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["value"] = float(row["value"])
+        row["seed"] = int(row["seed"]) if row["seed"] not in ("", None) else None
+        for key, text in row.items():
+            if key in COLUMNS or not isinstance(text, str):
+                continue
+            try:
+                row[key] = int(text)
+            except ValueError:
+                pass
+    return rows
+
+
+def select(rows: Iterable[Mapping], **criteria) -> list[Mapping]:
+    """The rows whose columns equal every ``criteria`` value.
+
+    Examples
+    --------
+    >>> rows = [{"metric": "a", "value": 1.0}, {"metric": "b", "value": 2.0}]
+    >>> select(rows, metric="b")
+    [{'metric': 'b', 'value': 2.0}]
+    """
+    return [r for r in rows if all(r.get(k) == v for k, v in criteria.items())]

@@ -1,0 +1,107 @@
+"""``geokd analyze``: per-layer GSP metrics of students against their teacher."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "analyze",
+        help="per-layer graph metrics (smoothness, consistency, distances) of networks vs a teacher",
+        description="Compute, per sensing point, label smoothness, k-NN consistency with the teacher and "
+                    "teacher-student graph distances, on a fixed class-balanced node set; write tidy "
+                    "tables (metrics.csv, metrics.json) and heat-map graphs to --out.",
+    )
+    parser.add_argument("networks", nargs="*", metavar="RUN_OR_CKPT",
+                        help="student run directories or checkpoint files (globs allowed)")
+    parser.add_argument("--config", help="a study TOML file (e.g. analysis/released_checkpoints.toml); "
+                                         "command-line options override it")
+    parser.add_argument("--teacher", help="the teacher's run directory or checkpoint")
+    parser.add_argument("--dataset", help="dataset name (default cifar10)")
+    parser.add_argument("--split", help="split to evaluate on (default test)")
+    parser.add_argument("--per-class", type=int, help="node-set size per class (default 100; 0 = whole split)")
+    parser.add_argument("--node-seed", type=int, help="seed of the node set (default 0)")
+    parser.add_argument("--k", type=int, help="neighbours of the cosine k-NN graphs (default 10)")
+    parser.add_argument("--layers", nargs="+", help="sensing points (default: the teacher's)")
+    parser.add_argument("--mean", type=float, nargs="+", help="input normalization mean (default: dataset's)")
+    parser.add_argument("--std", type=float, nargs="+", help="input normalization std (default: dataset's)")
+    parser.add_argument("--linear-probe", action="store_true", default=None,
+                        help="also run a cross-validated linear probe per block (slower)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.set_defaults(handler=run)
+
+
+def _settings(args):
+    from geokd.analysis.sources import expand_paths
+    from geokd.analysis.study import Study, load_study
+
+    study = load_study(args.config) if args.config else Study()
+    overrides = {"teacher": args.teacher, "dataset": args.dataset, "split": args.split,
+                 "per_class": args.per_class, "node_seed": args.node_seed, "k": args.k,
+                 "layers": args.layers, "mean": args.mean, "std": args.std, "linear_probe": args.linear_probe}
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(study, key, value)
+    students = expand_paths(args.networks) if args.networks else expand_paths(study.students) if study.students else []
+    if not study.teacher:
+        raise ValueError("expected a teacher (--teacher or [networks] teacher in --config), got none")
+    if not students:
+        raise ValueError("expected at least one student (RUN_OR_CKPT or [networks] students in --config), got none")
+    return study, students
+
+
+def run(args) -> int:
+    from geokd.analysis.nodes import balanced_node_set, whole_set
+    from geokd.analysis.pipeline import analyze_networks
+    from geokd.analysis.sources import network_from_path
+    from geokd.analysis.tables import write_table
+    from geokd.data import load_dataset
+
+    study, student_paths = _settings(args)
+    teacher = network_from_path(study.teacher, method="teacher")
+    students = [network_from_path(p) for p in student_paths]
+    data = load_dataset(study.dataset, split=study.split)
+    labels = data.labels.numpy()
+    if study.per_class > 0:
+        nodes = balanced_node_set(labels, per_class=study.per_class, seed=study.node_seed)
+        node_set = f"{study.dataset}-{study.split}-{study.per_class}perclass-seed{study.node_seed}"
+    else:
+        nodes = whole_set(labels)
+        node_set = f"{study.dataset}-{study.split}-all"
+    mean = study.mean or list(data.mean)
+    std = study.std or list(data.std)
+    print(f"analyzing {len(students)} students against {teacher.name} on {nodes.size} nodes "
+          f"({node_set}), output agreement on {len(labels)} inputs", file=sys.stderr)
+    start = time.perf_counter()
+    done = []
+
+    def report(net):
+        done.append(net.name)
+        print(f"  [{len(done)}/{len(students) + 1}] {net.name} ({time.perf_counter() - start:.0f} s)",
+              file=sys.stderr)
+
+    result = analyze_networks(teacher, students, data.images, labels, node_indices=nodes, mean=mean, std=std,
+                              layers=study.layers, k=study.k, num_eigenvectors=study.num_eigenvectors,
+                              linear_probe=study.linear_probe, device=args.device, batch_size=args.batch_size,
+                              node_set=node_set, on_network=report)
+    os.makedirs(args.out, exist_ok=True)
+    csv_path, json_path = write_table(result.rows, os.path.join(args.out, "metrics"))
+    np.savez_compressed(os.path.join(args.out, "heatmaps.npz"), labels=result.heatmap_labels,
+                        **{key.replace("/", "__"): value.astype(np.float32) for key, value in result.heatmaps.items()})
+    settings = {"teacher": study.teacher, "students": student_paths, "dataset": study.dataset,
+                "split": study.split, "mean": list(mean), "std": list(std), "node_set": node_set,
+                "per_class": study.per_class, "node_seed": study.node_seed, "k": study.k,
+                "num_eigenvectors": study.num_eigenvectors, "layers": study.layers,
+                "node_indices": nodes.tolist(), "seconds": round(time.perf_counter() - start, 1)}
+    with open(os.path.join(args.out, "analysis.json"), "w") as handle:
+        json.dump(settings, handle, indent=1)
+    print(f"wrote {len(result.rows)} rows to {csv_path} and {json_path} in {settings['seconds']} s")
+    return 0
