@@ -12,3 +12,9 @@ from geokd.losses import fsp  # noqa: F401  (registers "fsp")
 from geokd.losses import kdsvd  # noqa: F401  (registers "kdsvd")
 
 __all__ = ["available_losses", "build_loss", "get_loss_class", "register_loss"]
+
+from geokd.losses import gkd, rkd  # noqa: E402  (importing registers "gkd", "rkd*")
+from geokd.losses.gkd import GKDLoss, gkd_loss  # noqa: E402
+from geokd.losses.rkd import RKDAngleLoss, RKDDistanceLoss, RKDLoss, rkd_angle_loss, rkd_distance_loss  # noqa: E402
+
+__all__ += ["GKDLoss", "gkd_loss", "RKDAngleLoss", "RKDDistanceLoss", "RKDLoss", "rkd_angle_loss", "rkd_distance_loss"]
