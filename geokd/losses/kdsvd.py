@@ -13,7 +13,9 @@ Between consecutive layers :math:`\ell-1, \ell` the term compares the RBF relati
 
 The released TensorFlow code also sums over the batch: multiply the weight by the batch
 size to match its scale. Student and teacher need equal channel counts at each compared
-layer (the relation matrices are ``C_ℓ × C_{ℓ-1}``).
+layer (the relation matrices are ``C_ℓ × C_{ℓ-1}``). Singular vectors are signed so that
+their largest-magnitude entry is positive (the reference leaves the sign to the SVD
+routine, which makes the value depend on the backend).
 
 The method trains the task and this term together with the distillation gradient of each
 parameter clipped to the norm of that parameter's task gradient: the term declares
@@ -52,14 +54,15 @@ def top_singular_vectors(features: torch.Tensor, k: int) -> tuple[torch.Tensor, 
     Returns
     -------
     (sigma, v) : torch.Tensor
-        ``sigma`` ``(B, k)`` in decreasing order, ``v`` ``(B, k, C)`` unit rows.
+        ``sigma`` ``(B, k)`` in decreasing order, ``v`` ``(B, k, C)`` unit rows, each
+        signed so that its entry of largest magnitude is positive.
 
     Examples
     --------
     >>> x = torch.zeros(1, 2, 1, 3)   # HW=3, C=2
     >>> x[0, 0] = torch.tensor([3.0, 0.0, 0.0]); x[0, 1] = torch.tensor([0.0, 1.0, 0.0])
     >>> s, v = top_singular_vectors(x, 2)
-    >>> s, v.abs()
+    >>> s, v
     (tensor([[3., 1.]]), tensor([[[1., 0.],
              [0., 1.]]]))
     """
@@ -68,10 +71,23 @@ def top_singular_vectors(features: torch.Tensor, k: int) -> tuple[torch.Tensor, 
     if m.requires_grad:
         # SVD's backward divides by gaps between singular values; like the reference
         # code, a degenerate spectrum must not turn the whole update into NaN.
-        m.register_hook(lambda g: torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0))
+        m.register_hook(_zero_nonfinite)
     _, sigma, vh = torch.linalg.svd(m, full_matrices=False)
     k = min(k, sigma.shape[1])
-    return sigma[:, :k], vh[:, :k, :]
+    return sigma[:, :k], _fix_signs(vh[:, :k, :])
+
+
+def _zero_nonfinite(grad: torch.Tensor | None) -> torch.Tensor | None:
+    return None if grad is None else torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _fix_signs(v: torch.Tensor) -> torch.Tensor:
+    # A singular vector's sign is arbitrary and differs between SVD backends (CPU, CUDA,
+    # NumPy). The relations between layers depend on it, so fix it: the entry of largest
+    # magnitude is made positive, which makes the loss a function of the features alone.
+    idx = v.abs().argmax(dim=2, keepdim=True)
+    sign = torch.where(torch.gather(v, 2, idx) >= 0, 1.0, -1.0).to(v.dtype)
+    return v * sign
 
 
 def align_to_teacher(student_v: torch.Tensor, teacher_v: torch.Tensor) -> torch.Tensor:
