@@ -466,3 +466,12 @@ def test_cli_info_digits(capsys):
 def test_cli_info_missing_dataset_says_how_to_fetch(tmp_path, capsys):
     assert cli_main(["data", "info", "cifar10", "--root", str(tmp_path)]) == 2
     assert f"geokd data fetch cifar10 --root {tmp_path}" in capsys.readouterr().err
+
+
+def test_cli_fetch_digits_and_corrupted_cache(tmp_path, capsys):
+    assert cli_main(["data", "fetch", "digits"]) == 0
+    assert "bundled with scikit-learn" in capsys.readouterr().out
+    (tmp_path / "cifar10").mkdir()
+    assert cli_main(["data", "fetch", "cifar10", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "has no manifest.json" in err and "geokd data fetch cifar10" in err

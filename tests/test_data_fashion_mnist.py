@@ -44,3 +44,15 @@ def test_fashion_mnist_normalization_is_its_train_statistics():
     assert train.std[0] == pytest.approx(x.std(unbiased=False).item(), abs=1e-9)
     assert round(train.mean[0], 4) == 0.2860 and round(train.std[0], 4) == 0.3530
     assert test.mean == train.mean
+
+
+def test_torchvision_raw_folder_is_imported(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        ds = load_dataset("fashion-mnist", split=split)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(_idx_bytes(ds.images[:, 0].numpy(), 3))
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx_bytes(ds.labels.numpy(), 1))
+    imported = load_dataset("fashion-mnist", split="test", root=tmp_path, download=False)
+    assert torch.equal(imported.images, load_dataset("fashion-mnist", split="test").images)
+    assert "torchvision folder" in imported.source and (tmp_path / "fashion-mnist" / "manifest.json").is_file()

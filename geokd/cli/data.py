@@ -27,12 +27,14 @@ def register(subparsers) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    folder = fetch_dataset(args.name, root=args.root, progress=None)
     if args.name == "digits":
         print("digits: bundled with scikit-learn, nothing to fetch")
         return 0
-    print(f"{args.name}: verified and cached in {folder} ({time.perf_counter() - start:.1f} s)")
+    start = time.perf_counter()
+    existed = dataset_folder(args.name, args.root).exists()
+    folder = fetch_dataset(args.name, root=args.root, progress=None)
+    status = "already cached, re-verified" if existed else "fetched, verified and cached"
+    print(f"{args.name}: {status} in {folder} ({time.perf_counter() - start:.1f} s)")
     return 0
 
 

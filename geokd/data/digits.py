@@ -10,6 +10,8 @@ test images, the same in every run.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 TEST_SIZE = 0.3
@@ -44,7 +46,15 @@ def split_indices() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_digits_arrays() -> dict[str, np.ndarray]:
-    """``{train,test}_{images,labels}`` arrays: images (N, 1, 8, 8) uint8, labels int64."""
+    """``{train,test}_{images,labels}`` arrays: images (N, 1, 8, 8) uint8, labels int64.
+
+    Fresh copies on every call (callers may modify them); the parsing is done once.
+    """
+    return {key: array.copy() for key, array in _digits_arrays().items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> dict[str, np.ndarray]:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

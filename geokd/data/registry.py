@@ -85,7 +85,9 @@ def dataset_defaults(name: str) -> dict:
     """Default augmentation for ``name``: ``{"padding": int, "flip": bool}``.
 
     CIFAR-10 uses the paper's crop with 4-pixel padding and horizontal flips; digits
-    (8x8) a 1-pixel padding and no flip, as handwritten digits are not mirror-symmetric.
+    (8x8) a 1-pixel padding and no flip, as handwritten digits are not mirror-symmetric;
+    MNIST (28x28) a 2-pixel padding and no flip; Fashion-MNIST a 2-pixel padding and
+    flips (clothes are left-right symmetric classes).
 
     Examples
     --------
