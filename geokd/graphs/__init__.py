@@ -8,6 +8,8 @@ Batch scale (torch, any device, differentiable): :func:`similarity`, :func:`norm
 """
 
 from geokd.graphs.batch import BatchGraph, batch_graph, graph_pair
+from geokd.graphs.dataset_knn import knn_graph
+from geokd.graphs.export import to_networkx, to_pygsp
 from geokd.graphs.kernels import pairwise_distances, similarity
 from geokd.graphs.masks import graph_power, knn_mask, task_mask
 from geokd.graphs.normalize import degrees, laplacian, normalize
@@ -15,5 +17,6 @@ from geokd.graphs.spec import GraphSpec
 
 __all__ = [
     "BatchGraph", "GraphSpec", "batch_graph", "degrees", "graph_pair", "graph_power",
-    "knn_mask", "laplacian", "normalize", "pairwise_distances", "similarity", "task_mask",
+    "knn_graph", "knn_mask", "laplacian", "normalize", "pairwise_distances", "similarity", "task_mask",
+    "to_networkx", "to_pygsp",
 ]
