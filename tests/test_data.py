@@ -475,3 +475,15 @@ def test_cli_fetch_digits_and_corrupted_cache(tmp_path, capsys):
     assert cli_main(["data", "fetch", "cifar10", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "has no manifest.json" in err and "geokd data fetch cifar10" in err
+
+
+@pytest.mark.parametrize("module", [b"numpy.core.multiarray", b"numpy._core.multiarray"])
+def test_cifar_pickle_reader_accepts_python2_and_python3_numpy_pickles(tmp_path, module):
+    data = np.arange(10000 * 3072, dtype=np.uint64).astype(np.uint8).reshape(10000, 3072)
+    blob = pickle.dumps({"data": data, "labels": list(range(10)) * 1000}, protocol=2)
+    # Pickles written by Python 2 / numpy 1 name the old module path.
+    blob = blob.replace(b"numpy._core.multiarray", module).replace(b"numpy.core.multiarray", module)
+    assert module in blob
+    (tmp_path / "batch").write_bytes(blob)
+    images, labels = cifar10._read_pickled_batch(tmp_path / "batch")
+    assert np.array_equal(images.reshape(10000, 3072), data) and labels[:3].tolist() == [0, 1, 2]

@@ -132,8 +132,10 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         if (module, name) not in self._allowed:
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
         if name == "_reconstruct":
-            from numpy._core.multiarray import _reconstruct
-
+            try:  # numpy >= 2 (the old numpy.core path only warns there)
+                from numpy._core.multiarray import _reconstruct
+            except ImportError:  # numpy 1.x
+                from numpy.core.multiarray import _reconstruct
             return _reconstruct
         if module == "_codecs":
             import codecs
