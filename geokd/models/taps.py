@@ -110,6 +110,7 @@ class FeatureTaps:
             raise ValueError(f"FeatureTaps: names repeat: {names}")
         self.model = model
         self.names = tuple(names)
+        self._has_inplace = any(getattr(m, "inplace", False) is True for m in modules.values())
 
     @contextmanager
     def _hooked(self, captured: dict):
@@ -136,8 +137,13 @@ class FeatureTaps:
                     raise ValueError(
                         f"tap {name!r}: the module returned a {type(output).__name__}, not a tensor; tap one of its children"
                     )
-                captured[name] = output
-                captured[name + "\0version"] = output._version
+                if output.is_inference():
+                    # Inference tensors have no version counter to detect a later in-place
+                    # overwrite: copy them when the model has any in-place module.
+                    captured[name] = output.clone() if self._has_inplace else output
+                else:
+                    captured[name] = output
+                    captured[name + "\0version"] = output._version
 
             return module.register_forward_hook(hook)
 
