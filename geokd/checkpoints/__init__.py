@@ -1,0 +1,24 @@
+"""Checkpoints: geokd's own (plain state dicts, checksummed) and the GKD authors' pickles.
+
+``save_checkpoint`` / ``load_checkpoint`` handle our runs; ``load_released_state_dict``
+reads a whole-module pickle without running any of its code; ``load_any`` takes either.
+"""
+
+from geokd.checkpoints.released import infer_wrn_config, load_released_state_dict
+from geokd.checkpoints.store import (
+    file_sha256,
+    load_any,
+    load_checkpoint,
+    load_state_dict_strict,
+    save_checkpoint,
+)
+
+__all__ = [
+    "file_sha256",
+    "infer_wrn_config",
+    "load_any",
+    "load_checkpoint",
+    "load_released_state_dict",
+    "load_state_dict_strict",
+    "save_checkpoint",
+]
