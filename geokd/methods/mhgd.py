@@ -1,0 +1,220 @@
+r"""MHGD: graph-based distillation by multi-head attention (Lee & Song, BMVC 2019).
+
+Each sensing point is compressed to one vector per input: the top right-singular vector of
+its ``(HW × C)`` map (:func:`geokd.losses.kdsvd.top_singular_vectors`, largest entry
+positive; the student's vector is sign-aligned to the teacher's). Between consecutive points
+ℓ−1 → ℓ an attention module builds ``heads`` (8) graphs over the batch,
+
+    G_h[i, j] = ⟨BN(FC_s(v_ℓ,i))_h, BN(FC_r(v_{ℓ−1},j))_h⟩,
+
+and an estimator uses them to predict layer ℓ's vectors from layer ℓ−1's:
+v̂_ℓ = normalize(FC(concat_h softmax(G_h)·ReLU(BN(FC(v_{ℓ−1}))))), with random head
+dropout during fitting. The attention is first fitted on the teacher (loss
+mean(1 − cos(v̂_ℓ, v_ℓ))), then frozen; the student is distilled with
+
+    Σ_ℓ Σ_{h,i} KL(softmax(tanh(G_S − m_T))_{h,i} ‖ softmax(tanh(G_T − m_T))_{h,i})
+
+where m_T is the teacher graph's row mean (the release centres both graphs with it).
+
+Examples
+--------
+>>> import torch
+>>> _ = torch.manual_seed(0)
+>>> mhgd = MHGD(channels=(8, 16))
+>>> t = [torch.relu(torch.randn(10, 8, 4, 4)), torch.relu(torch.randn(10, 16, 2, 2))]
+>>> s = [torch.relu(torch.randn(10, 8, 4, 4)), torch.relu(torch.randn(10, 16, 2, 2))]
+>>> _ = mhgd.fit_teacher([t] * 2, epochs=2)
+>>> bool(mhgd.distillation_loss(s, t) > 0), float(mhgd.distillation_loss(t, t)) < 1e-5
+(True, True)
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geokd.losses.kdsvd import align_to_teacher, top_singular_vectors
+from geokd.models.outputs import ModelOutputs
+
+__all__ = ["singular_embedding", "AttentionGraphs", "MHGD", "MHGDLoss"]
+
+
+def singular_embedding(fmap: torch.Tensor, *, reference: torch.Tensor | None = None, name: str = "map") -> torch.Tensor:
+    """``(B, C)`` top right-singular vector of each map; sign-aligned to ``reference`` if given."""
+    if fmap.dim() not in (2, 4):
+        raise ValueError(f"{name}: expected a (B, C, H, W) map or (B, C) vectors, got shape {tuple(fmap.shape)}")
+    if not torch.isfinite(fmap).all():
+        raise ValueError(f"{name}: expected finite values, got NaN/Inf")
+    _, v = top_singular_vectors(fmap, 1)
+    if reference is not None:
+        v = align_to_teacher(v, reference.unsqueeze(1))
+    return v[:, 0, :]
+
+
+class AttentionGraphs(nn.Module):
+    """``heads`` attention graphs from layer ℓ−1 to ℓ and the estimator of layer ℓ."""
+
+    def __init__(self, current_dim: int, previous_dim: int, *, heads: int = 8):
+        super().__init__()
+        if heads < 1:
+            raise ValueError(f"heads: expected >= 1, got {heads}")
+        d = (current_dim + previous_dim) // 2
+        self.heads, self.dim = heads, d
+        self.sender = nn.Sequential(nn.Linear(current_dim, d * heads), nn.BatchNorm1d(d * heads))
+        self.receiver = nn.Sequential(nn.Linear(previous_dim, d * heads), nn.BatchNorm1d(d * heads))
+        self.value = nn.Sequential(nn.Linear(previous_dim, d), nn.BatchNorm1d(d), nn.ReLU())
+        self.out = nn.Linear(d * heads, current_dim)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """``(heads, B, B)`` graphs G_h[i, j] (i: layer ℓ input, j: layer ℓ−1 input)."""
+        b = current.shape[0]
+        s = self.sender(current).reshape(b, self.heads, self.dim).transpose(0, 1)
+        r = self.receiver(previous).reshape(b, self.heads, self.dim).transpose(0, 1)
+        return s @ r.transpose(1, 2)
+
+    def estimate(self, previous: torch.Tensor, graphs: torch.Tensor) -> torch.Tensor:
+        """Layer ℓ's unit vectors predicted from layer ℓ−1's through the graphs."""
+        weights = F.softmax(graphs, dim=-1)
+        if self.training:
+            # Random head dropout per input (about half the heads), gradient doubled as released.
+            noise = torch.randn(self.heads, weights.shape[1], 1, device=weights.device, dtype=weights.dtype)
+            masked = weights * (noise > noise.mean(0, keepdim=True)).to(weights.dtype)
+            weights = masked * 2 - masked.detach()
+        mixed = weights @ self.value(previous)  # (heads, B, d)
+        return F.normalize(self.out(mixed.transpose(0, 1).reshape(previous.shape[0], -1)), dim=1, eps=1e-12)
+
+
+def _tanh_centred(graphs: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(graphs - mean)
+
+
+def _kl_rows(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    log_p = F.log_softmax(p_logits, dim=-1)
+    return (log_p.exp() * (log_p - F.log_softmax(q_logits, dim=-1))).sum()
+
+
+class MHGD(nn.Module):
+    """Attention graphs per consecutive pair of sensing points, fitted on the teacher.
+
+    Parameters
+    ----------
+    channels : sequence of int
+        Channel count of each sensing point (teacher = student: the graphs compare
+        vectors of the same size).
+    heads : int
+        Attention heads per pair (8).
+    """
+
+    def __init__(self, *, channels: Sequence[int], heads: int = 8):
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if len(channels) < 2:
+            raise ValueError(f"channels: expected at least 2 sensing points, got {channels}")
+        self.channels = channels
+        self.attention = nn.ModuleList(
+            AttentionGraphs(channels[i], channels[i - 1], heads=heads) for i in range(1, len(channels))
+        )
+
+    def _check(self, feats: Sequence[torch.Tensor], role: str) -> None:
+        if len(feats) != len(self.channels):
+            raise ValueError(f"{role}: expected {len(self.channels)} sensing points, got {len(feats)}")
+        for i, (f, c) in enumerate(zip(feats, self.channels)):
+            if f.dim() not in (2, 4) or f.shape[1] != c:
+                raise ValueError(f"{role} layer {i}: expected (B, {c}, H, W) or (B, {c}), got {tuple(f.shape)}")
+            if f.shape[0] < 2:
+                raise ValueError(f"{role} layer {i}: expected a batch of at least 2 inputs, got {f.shape[0]}")
+
+    def teacher_embeddings(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        self._check(feats, "teacher")
+        with torch.no_grad():
+            return [singular_embedding(f, name=f"teacher layer {i}") for i, f in enumerate(feats)]
+
+    def student_embeddings(self, feats: Sequence[torch.Tensor], teacher_vectors: Sequence[torch.Tensor]) -> list:
+        self._check(feats, "student")
+        return [
+            singular_embedding(f, reference=t, name=f"student layer {i}")
+            for i, (f, t) in enumerate(zip(feats, teacher_vectors))
+        ]
+
+    def teacher_fit_loss(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Σ_ℓ mean(1 − cos(v̂_ℓ, v_ℓ)): how well the graphs explain layer ℓ from ℓ−1."""
+        v = self.teacher_embeddings(feats)
+        total = 0.0
+        for i, att in enumerate(self.attention, start=1):
+            estimate = att.estimate(v[i - 1], att(v[i], v[i - 1]))
+            total = total + (1 - (estimate * v[i]).sum(1)).mean()
+        return total
+
+    def fit_teacher(self, batches: Iterable[Sequence[torch.Tensor]], *, epochs: int = 1, lr: float = 0.01,
+                    momentum: float = 0.9) -> list[float]:
+        """Fit the attention on teacher features alone; returns the mean loss per epoch."""
+        optimizer = torch.optim.SGD(self.attention.parameters(), lr=lr, momentum=momentum)
+        self.train()
+        history = []
+        for _ in range(epochs):
+            total, count = 0.0, 0
+            for feats in batches:
+                loss = self.teacher_fit_loss(feats)
+                if not torch.isfinite(loss):
+                    raise ValueError(f"MHGD teacher fit loss became {float(loss)}; lower lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach())
+                count += 1
+            history.append(total / max(count, 1))
+        return history
+
+    def distillation_loss(self, student_feats: Sequence[torch.Tensor],
+                          teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Σ_ℓ KL(softmax tanh(G_S − m_T) ‖ softmax tanh(G_T − m_T)); attention frozen, eval mode."""
+        vt = self.teacher_embeddings(teacher_feats)
+        vs = self.student_embeddings(student_feats, vt)
+        for i, (s, t) in enumerate(zip(student_feats, teacher_feats)):
+            if s.shape[0] != t.shape[0]:
+                raise ValueError(f"layer {i}: student batch {s.shape[0]} != teacher batch {t.shape[0]}")
+        was_training = self.attention.training
+        self.attention.eval()
+        total = 0.0
+        try:
+            for i, att in enumerate(self.attention, start=1):
+                frozen = {n: p.detach() for n, p in att.named_parameters()}
+                frozen.update(dict(att.named_buffers()))
+                with torch.no_grad():
+                    g_t = att(vt[i], vt[i - 1])
+                    mean = g_t.mean(-1, keepdim=True)
+                g_s = torch.func.functional_call(att, frozen, (vs[i], vs[i - 1]))
+                total = total + _kl_rows(_tanh_centred(g_s, mean), _tanh_centred(g_t, mean))
+        finally:
+            self.attention.train(was_training)
+        return total
+
+
+class MHGDLoss(nn.Module):
+    """MHGD as a distillation term ``loss(student, teacher, labels)`` on ModelOutputs.
+
+    In training mode it adds the attention's teacher fit (gradient to the attention only) to
+    the student's distillation (gradient to the student only). Call ``self.mhgd.fit_teacher``
+    first for the paper's separate fitting stage.
+    """
+
+    clip_to_task_gradient = False
+    init_epochs = 0
+    needs_teacher = True
+    student_taps = None
+    teacher_taps = None
+
+    def __init__(self, *, channels: Sequence[int], heads: int = 8):
+        super().__init__()
+        self.mhgd = MHGD(channels=channels, heads=heads)
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, labels=None) -> torch.Tensor:
+        if teacher is None:
+            raise ValueError("MHGD needs the teacher's outputs, got None")
+        t_feats = [t.detach() for t in teacher.features]
+        fit = self.mhgd.teacher_fit_loss(t_feats) if self.training else 0.0
+        return self.mhgd.distillation_loss(list(student.features), t_feats) + fit
