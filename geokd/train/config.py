@@ -119,6 +119,7 @@ class RunConfig:
     tensorboard: bool = False
     global_batch_graph: bool = False  # DDP: one graph over the all-gathered global batch
     checkpoint_every: int = 1
+    threads: int | None = None  # torch CPU threads during the run (None: leave torch's setting)
 
 
 @dataclass
@@ -343,6 +344,8 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(f"schedule.gamma: expected a factor in (0, 1], got {s.gamma}")
     if r.amp not in _AMP_MODES:
         raise ConfigError(f"run.amp: expected none, 'bf16' or 'fp16', got {r.amp!r}")
+    if r.threads is not None and r.threads < 1:
+        raise ConfigError(f"run.threads: expected a positive number of threads, got {r.threads}")
     if r.checkpoint_every < 1:
         raise ConfigError(f"run.checkpoint_every: expected at least 1, got {r.checkpoint_every}")
     for i, term in enumerate(config.terms):

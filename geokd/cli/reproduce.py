@@ -1,0 +1,63 @@
+"""``geokd reproduce [STUDY]``: train what a study misses, then write its table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "reproduce", help="run a study (default: the embedded digits study) and write its table",
+        description="Train the runs a study still misses (finished runs are reused, interrupted ones "
+                    "resumed), then write table.md and table.csv into <out>/<study>/.",
+        epilog="shipped studies: digits (default), digits-reduced; or a path such as analysis/cifar10_paper.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("study", nargs="?", default=None, help="study name or TOML file (default: digits)")
+    parser.add_argument("--out", default="runs", help="output root (default: runs)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda… (default: cpu)")
+    parser.add_argument("--plan", action="store_true", help="only list the runs and their status")
+    parser.add_argument("--yes", action="store_true", help="do not wait after printing the time estimate")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from geokd.reproduce import estimate_study_seconds, plan_study, run_study
+    from geokd.studies import DEFAULT_STUDY, load_study
+
+    study = load_study(args.study or DEFAULT_STUDY)
+    planned = plan_study(study, out=args.out)
+    missing = [p for p in planned if p.status != "finished"]
+    print(f"study {study.name}: {study.description}")
+    print(f"{len(planned)} runs, {len(planned) - len(missing)} finished, {len(missing)} to train -> {args.out}/{study.name}")
+    if args.plan:
+        for p in planned:
+            print(f"  {p.status:<9} {p.method:<16} seed {p.seed:<3} {p.run_dir}")
+        return 0
+    if study.estimate and missing:
+        est = estimate_study_seconds(study, out=args.out, device=args.device)
+        hours = est["total_seconds"] / 3600
+        print(f"estimated time for the {est['missing_runs']} missing runs on {args.device}: "
+              f"{hours:.1f} h ({est['total_seconds'] / max(1, est['missing_runs']) / 60:.1f} min per run)", flush=True)
+    plain = not sys.stderr.isatty() or bool(os.environ.get("CI"))
+
+    def start(run, i, n):
+        print(f"[{i}/{n}] {run.method} seed {run.seed}{' (resuming)' if run.status == 'partial' else ''}", flush=True)
+
+    def epoch(run, record):
+        if plain and (record["epoch"] % 5 == 0 or record["epoch"] == run.config.schedule.epochs):
+            print(f"    epoch {record['epoch']}: test error {record['test_error']:.2f}%  {record['seconds']:.1f}s",
+                  flush=True)
+
+    table = run_study(study, out=args.out, device=args.device, on_run_start=start, on_epoch_end=epoch)
+    table.command = "geokd reproduce" + "".join(f" {shlex.quote(a)}" for a in sys.argv[2:]) if sys.argv[1:2] == ["reproduce"] else "geokd reproduce"
+    from geokd.reproduce import write_table
+
+    md, csv = write_table(table, os.path.join(args.out, study.name))
+    print()
+    print(table.markdown())
+    print(f"written: {md} and {csv}")
+    return 0

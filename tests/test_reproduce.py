@@ -1,0 +1,175 @@
+"""Studies end to end on real digits: plan, train, reuse, resume, tabulate; and what GKD must show."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+
+import pytest
+import torch
+
+from geokd.cli import main
+from geokd.reproduce import graph_distances, inference_seconds_per_image, plan_study, run_study
+from geokd.studies import load_study
+from geokd.train import RunDir
+
+TINY_STUDY = """
+[study]
+name = "tiny"
+description = "tiny digits study for tests"
+seeds = [0, 1]
+
+[base.data]
+name = "digits"
+batch_size = 64
+eval_batch_size = 540
+
+[base.run]
+threads = 1
+
+[base.schedule]
+epochs = 2
+milestones = [1]
+
+[teacher.model]
+name = "wrn"
+params = { depth = 10, widen_factor = 1.0, in_channels = 1 }
+
+[student.model]
+name = "wrn"
+params = { depth = 10, widen_factor = 0.5, in_channels = 1 }
+
+[[methods]]
+name = "baseline"
+terms = []
+
+[[methods]]
+name = "gkd-knn8"
+terms = [{ loss = "gkd", weight = 25.0, params = { k = 8 } }]
+"""
+
+
+@pytest.fixture
+def tiny_study(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_STUDY)
+    return load_study(str(path))
+
+
+@pytest.mark.slow
+def test_study_trains_missing_runs_reuses_finished_ones_and_writes_the_table(tmp_path, tiny_study):
+    out = tmp_path / "runs"
+    assert [p.status for p in plan_study(tiny_study, out=out)] == ["missing"] * 5
+    started = []
+    table = run_study(tiny_study, out=out, on_run_start=lambda run, i, n: started.append((run.method, run.seed)))
+    assert started == [("teacher", 0), ("baseline", 0), ("baseline", 1), ("gkd-knn8", 0), ("gkd-knn8", 1)]
+    assert [p.status for p in plan_study(tiny_study, out=out)] == ["finished"] * 5
+    student_cfg = RunDir(out / "tiny" / "gkd-knn8" / "seed1").read_json(out / "tiny" / "gkd-knn8" / "seed1" / "config.json")
+    assert student_cfg["teacher"] == str(out / "tiny" / "teacher" / "seed0")
+    assert student_cfg["run"]["seed"] == 1 and student_cfg["terms"][0]["params"] == {"k": 8}
+
+    # The table agrees with the run directories.
+    rows = {r.method: r for r in table.rows}
+    for method in ("baseline", "gkd-knn8"):
+        errors = [RunDir(out / "tiny" / method / f"seed{s}").read_metrics()[-1]["test_error"] for s in (0, 1)]
+        assert rows[method].errors == errors and rows[method].runs == 2
+        assert rows[method].median_error == pytest.approx(statistics.median(errors))
+        assert rows[method].sd_error == pytest.approx(statistics.stdev(errors))
+        assert len(rows[method].graph_distance) == 3
+    assert table.teacher_params == 78042 or table.teacher_params > 3.5 * table.student_params
+    assert table.teacher_params == sum(p.numel() for p in __import__("geokd.models", fromlist=["x"]).build_model(
+        "wrn", depth=10, widen_factor=1.0, in_channels=1, num_classes=10).parameters())
+    md = (out / "tiny" / "table.md").read_text()
+    assert "| teacher |" in md and "| gkd-knn8 |" in md and "faster per image" in md
+    parsed = list(csv.DictReader(io.StringIO((out / "tiny" / "table.csv").read_text())))
+    assert [r["method"] for r in parsed] == ["teacher", "baseline", "gkd-knn8"]
+    assert float(parsed[1]["median_test_error"]) == pytest.approx(rows["baseline"].median_error, abs=1e-4)
+
+    # Second invocation: nothing to train, same errors.
+    started.clear()
+    again = run_study(tiny_study, out=out, on_run_start=lambda run, i, n: started.append(run))
+    assert started == [] and [r.errors for r in again.rows] == [r.errors for r in table.rows]
+
+
+@pytest.mark.slow
+def test_interrupted_study_run_is_resumed_not_restarted(tmp_path, tiny_study):
+    out = tmp_path / "runs"
+    run_study(tiny_study, out=out)
+    # Make one run look interrupted after its first epoch: drop the final model and the last epoch.
+    run = RunDir(out / "tiny" / "baseline" / "seed1")
+    final_weights = torch.load(run.model_path, weights_only=True)["state_dict"]
+    run.model_path.unlink()
+    run.update_meta(status="running")
+    assert [p.status for p in plan_study(tiny_study, out=out)].count("partial") == 1
+    run_study(tiny_study, out=out)
+    assert run.is_finished()
+    resumed = torch.load(run.model_path, weights_only=True)["state_dict"]
+    for key in final_weights:
+        assert torch.equal(final_weights[key], resumed[key])
+
+
+def test_inference_time_is_positive_and_bigger_for_a_bigger_network():
+    from geokd.models import build_model
+
+    small = build_model("wrn", depth=10, widen_factor=0.5, in_channels=1)
+    big = build_model("wrn", depth=28, widen_factor=2.0, in_channels=1)
+    x = torch.randn(4, 1, 8, 8)
+    t_small = inference_seconds_per_image(small, x, batch_size=64, repeats=3)
+    t_big = inference_seconds_per_image(big, x, batch_size=64, repeats=3)
+    assert 0 < t_small < t_big
+
+
+def test_graph_distance_is_zero_for_the_same_network_and_positive_otherwise():
+    from geokd.models import build_model
+
+    torch.manual_seed(0)
+    a = build_model("wrn", depth=10, widen_factor=0.5, in_channels=1)
+    b = build_model("wrn", depth=10, widen_factor=0.5, in_channels=1)
+    batches = [(torch.randn(16, 1, 8, 8), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
+    assert graph_distances(a, a, batches) == pytest.approx([0.0, 0.0, 0.0], abs=1e-10)
+    assert all(d > 0 for d in graph_distances(a, b, batches))
+
+
+def test_cli_plan_lists_the_default_study(tmp_path, capsys):
+    assert main(["reproduce", "--plan", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "study digits" in text and "22 runs, 0 finished, 22 to train" in text
+    assert text.count("missing") == 22
+
+
+def test_cli_reports_an_unknown_study_clearly(capsys):
+    assert main(["reproduce", "digts"]) == 2
+    assert "did you mean 'digits'" in capsys.readouterr().err
+
+
+GKD_VS_BASELINE = """
+[study]
+name = "digits-gkd-vs-baseline"
+extends = "digits"
+
+[[methods]]
+name = "baseline"
+terms = []
+
+[[methods]]
+name = "gkd"
+terms = [{ loss = "gkd", weight = 25.0 }]
+"""
+
+
+@pytest.mark.slow
+def test_gkd_students_end_closer_to_the_teachers_geometry_at_every_sensing_point(tmp_path):
+    """The embedded default's recipe (teacher, student, 3 seeds): the GKD loss on the test set
+    between teacher and student is smaller with GKD than without, at each sensing point, median
+    over seeds."""
+    path = tmp_path / "study.toml"
+    path.write_text(GKD_VS_BASELINE)
+    study = load_study(str(path))
+    assert len(study.seeds) >= 3
+    table = run_study(study, out=tmp_path / "runs")
+    rows = {r.method: r for r in table.rows}
+    assert table.sensing_points == ("layer1", "layer2", "pool")
+    for i, point in enumerate(table.sensing_points):
+        assert rows["gkd"].graph_distance[i] < rows["baseline"].graph_distance[i], point
+    assert table.teacher_error < 5.0  # a real teacher
