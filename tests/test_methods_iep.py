@@ -229,3 +229,12 @@ def test_bad_inputs_are_named():
         iep.distillation_loss([torch.rand(16, 8, 2, 2), t[1], t[2]], t)
     with pytest.raises(ValueError, match="3 sensing points"):
         iep.distillation_loss(t[:2], t)
+
+
+def test_non_finite_student_is_refused():
+    iep = IEP(channels=(8, 16, 32))
+    t = _stage_features(0)
+    bad = [t[0].clone(), t[1], t[2]]
+    bad[0][0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="student layer 0: expected finite"):
+        iep.distillation_loss(bad, t)

@@ -350,6 +350,9 @@ class IEP(nn.Module):
 
     def student_codes(self, feats: Sequence[torch.Tensor], teacher_us: Sequence[torch.Tensor]) -> list:
         self._check(feats, "student")
+        for i, f in enumerate(feats):
+            if not torch.isfinite(f).all():
+                raise ValueError(f"student layer {i}: expected finite values, got NaN/Inf")
         return [
             self.pcas[i].transform(stereographic_map(student_direction(f, u, name=f"student layer {i}")))
             for i, (f, u) in enumerate(zip(feats, teacher_us))

@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geokd.losses.kdsvd import align_to_teacher, top_singular_vectors
 from geokd.models.outputs import ModelOutputs
 
 __all__ = ["singular_embedding", "AttentionGraphs", "MHGD", "MHGDLoss"]
@@ -44,6 +43,9 @@ __all__ = ["singular_embedding", "AttentionGraphs", "MHGD", "MHGDLoss"]
 
 def singular_embedding(fmap: torch.Tensor, *, reference: torch.Tensor | None = None, name: str = "map") -> torch.Tensor:
     """``(B, C)`` top right-singular vector of each map; sign-aligned to ``reference`` if given."""
+    # Imported here: geokd.losses registers MHGDLoss from this module (no import cycle).
+    from geokd.losses.kdsvd import align_to_teacher, top_singular_vectors
+
     if fmap.dim() not in (2, 4):
         raise ValueError(f"{name}: expected a (B, C, H, W) map or (B, C) vectors, got shape {tuple(fmap.shape)}")
     if not torch.isfinite(fmap).all():
