@@ -218,8 +218,10 @@ def test_symmetric_and_permutation_equivariant(seed, b, spec_index):
     g = batch_graph(x, spec=spec, labels=y)
     a = g.adjacency
     assert torch.isfinite(a).all()
-    if spec.normalization != "rw":
+    if spec.normalization != "rw" and spec.power == 1:
         assert torch.equal(a, a.T)
+    elif spec.normalization != "rw":  # BLAS products are symmetric up to rounding
+        torch.testing.assert_close(a, a.T, rtol=1e-12, atol=1e-12)
     assert (torch.diagonal(a) == 0).all() or spec.power > 1
     perm = torch.randperm(b, generator=torch.Generator().manual_seed(seed + 1))
     gp = batch_graph(x[perm], spec=spec, labels=y[perm])

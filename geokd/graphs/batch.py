@@ -7,7 +7,8 @@ from typing import NamedTuple
 import torch
 
 from geokd.graphs._validation import check_activations, check_labels, check_pair_batch
-from geokd.graphs.kernels import similarity
+from geokd.graphs._validation import check_k
+from geokd.graphs.kernels import _similarity
 from geokd.graphs.masks import graph_power, knn_mask, task_mask
 from geokd.graphs.normalize import normalize
 from geokd.graphs.spec import GraphSpec
@@ -73,10 +74,14 @@ def batch_graph(x: torch.Tensor, *, spec: GraphSpec = _PAPER, labels: torch.Tens
     """
     if not isinstance(spec, GraphSpec):
         raise ValueError(f"expected spec to be a GraphSpec, got {type(spec).__name__}")
-    flat = check_activations(x, where=where)
+    return _batch_graph(check_activations(x, where=where), spec=spec, labels=labels, mask=mask,
+                        num_classes=num_classes, where=where)
+
+
+def _batch_graph(flat: torch.Tensor, *, spec: GraphSpec, labels, mask, num_classes, where) -> BatchGraph:
+    """:func:`batch_graph` of already validated, flattened rows."""
     b = flat.shape[0]
     if spec.k is not None and mask is None:
-        from geokd.graphs._validation import check_k
         check_k(spec.k, b, where=where)
     if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (b, b)):
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
@@ -88,7 +93,7 @@ def batch_graph(x: torch.Tensor, *, spec: GraphSpec = _PAPER, labels: torch.Tens
         labels = check_labels(labels, b, num_classes=num_classes, device=flat.device, where=where)
         tmask = task_mask(labels, task=spec.task, dtype=flat.dtype, where=where)
 
-    sim = similarity(flat, kernel=spec.kernel, sigma=spec.sigma, clamp_negative=spec.clamp_negative, where=where)
+    sim = _similarity(flat, kernel=spec.kernel, sigma=spec.sigma, clamp_negative=spec.clamp_negative)
     graph = normalize(sim, mode=spec.normalization, where=where)
     if tmask is not None:
         graph = graph * tmask
@@ -130,13 +135,15 @@ def graph_pair(student_x: torch.Tensor, teacher_x: torch.Tensor, *, spec: GraphS
     >>> bool(((a_s != 0) <= (a_t != 0)).all())  # the student only keeps the teacher's edges
     True
     """
+    if not isinstance(spec, GraphSpec):
+        raise ValueError(f"expected spec to be a GraphSpec, got {type(spec).__name__}")
     tag = where or "layer"
-    check_activations(student_x, where=f"{tag} (student)")
-    check_activations(teacher_x, where=f"{tag} (teacher)")
-    check_pair_batch(student_x, teacher_x, where=tag)
+    s_flat = check_activations(student_x, where=f"{tag} (student)")
+    t_flat = check_activations(teacher_x, where=f"{tag} (teacher)")
+    check_pair_batch(s_flat, t_flat, where=tag)
     with torch.no_grad():
-        teacher = batch_graph(teacher_x.detach(), spec=spec, labels=labels, num_classes=num_classes,
-                              where=f"{tag} (teacher)")
-    student = batch_graph(student_x, spec=spec, labels=labels, mask=teacher.knn_mask,
-                          num_classes=num_classes, where=f"{tag} (student)")
+        teacher = _batch_graph(t_flat.detach(), spec=spec, labels=labels, mask=None, num_classes=num_classes,
+                               where=f"{tag} (teacher)")
+    student = _batch_graph(s_flat, spec=spec, labels=labels, mask=teacher.knn_mask, num_classes=num_classes,
+                           where=f"{tag} (student)")
     return student.adjacency, teacher.adjacency

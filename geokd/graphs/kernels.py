@@ -7,7 +7,6 @@ at zero instead of being divided by its zero norm), so graphs stay finite.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from geokd.graphs._validation import check_activations
 
@@ -18,6 +17,49 @@ def _zero_diagonal(a: torch.Tensor) -> torch.Tensor:
     # Multiplying by a mask (instead of writing in place) keeps autograd simple.
     eye = torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
     return a.masked_fill(eye, 0.0)
+
+
+class _Gram(torch.autograd.Function):
+    """``X X^T`` with a one-matmul backward ``(dG + dG^T) X``.
+
+    Autograd would treat ``X`` and ``X^T`` as two operands and run two ``(B, B) x (B, F)``
+    matmuls; for wide conv layers (F = 16,384) those dominate the GKD loss.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        gram = x @ x.T
+        # BLAS does not promise a bitwise-symmetric X X^T; averaging makes it exact.
+        return 0.5 * (gram + gram.T)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return (grad + grad.T) @ x
+
+
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """Exactly symmetric ``X X^T`` of a ``(N, F)`` tensor (differentiable, cheap backward).
+
+    Examples
+    --------
+    >>> gram(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    tensor([[ 5., 11.],
+            [11., 25.]])
+    """
+    return _Gram.apply(x)
+
+
+def _safe_reciprocal(v: torch.Tensor) -> torch.Tensor:
+    positive = v > 0
+    return torch.where(positive, 1.0 / torch.where(positive, v, torch.ones_like(v)), torch.zeros_like(v))
+
+
+def _safe_sqrt(v: torch.Tensor) -> torch.Tensor:
+    # The double where keeps sqrt's infinite slope at 0 out of the backward pass.
+    positive = v > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, v, torch.ones_like(v))), torch.zeros_like(v))
 
 
 def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
@@ -33,15 +75,11 @@ def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
     tensor([[0., 5.],
             [5., 0.]])
     """
-    gram = x @ x.T
-    gram = 0.5 * (gram + gram.T)
-    sq_norms = torch.diagonal(gram)
-    squared = (sq_norms.unsqueeze(1) + sq_norms.unsqueeze(0) - 2 * gram).clamp_min(0.0)
+    g = gram(x)
+    sq_norms = torch.diagonal(g)
+    squared = (sq_norms.unsqueeze(1) + sq_norms.unsqueeze(0) - 2 * g).clamp_min(0.0)
     eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    positive = (squared > 0) & ~eye
-    # The double where keeps sqrt's infinite slope at 0 out of the backward pass.
-    return torch.where(positive, torch.sqrt(torch.where(positive, squared, torch.ones_like(squared))),
-                       torch.zeros_like(squared))
+    return _safe_sqrt(squared.masked_fill(eye, 0.0))
 
 
 def mean_offdiagonal(a: torch.Tensor) -> torch.Tensor:
@@ -94,12 +132,19 @@ def similarity(x: torch.Tensor, *, kernel: str = "cosine", sigma: float | None =
     if sigma is not None and kernel != "gaussian":
         raise ValueError(f"sigma is the width of the gaussian kernel; got sigma={sigma!r} with kernel={kernel!r}")
     flat = check_activations(x, where=where)
+    return _similarity(flat, kernel=kernel, sigma=sigma, clamp_negative=clamp_negative)
+
+
+def _similarity(flat: torch.Tensor, *, kernel: str, sigma: float | None, clamp_negative: bool) -> torch.Tensor:
+    """:func:`similarity` of already validated, flattened rows."""
     if kernel == "cosine":
-        # F.normalize divides by max(norm, eps): a zero row stays zero (cosine 0).
-        z = F.normalize(flat, p=2.0, dim=1)
-        a = z @ z.T
+        # Cosines from the Gram matrix: normalizing on the (B, B) side avoids dividing (and
+        # back-propagating through) the wide (B, F) activations. A zero row gets 1/|x| = 0.
+        g = gram(flat)
+        inv_norm = _safe_reciprocal(_safe_sqrt(torch.diagonal(g)))
+        a = g * (inv_norm.unsqueeze(1) * inv_norm.unsqueeze(0))
     elif kernel == "dot":
-        a = flat @ flat.T
+        a = gram(flat)
     else:
         dist = pairwise_distances(flat)
         if sigma is None:
@@ -111,9 +156,6 @@ def similarity(x: torch.Tensor, *, kernel: str = "cosine", sigma: float | None =
         safe_width = torch.where(width > 0, width, torch.ones_like(width))
         exponent = torch.where(width > 0, dist * dist / (2 * safe_width * safe_width), torch.zeros_like(dist))
         a = torch.exp(-exponent)
-    if kernel != "gaussian":
-        # BLAS does not promise a bitwise-symmetric X X^T; averaging makes it exact.
-        a = 0.5 * (a + a.T)
     if clamp_negative:
         a = a.clamp_min(0.0)
     return _zero_diagonal(a)
