@@ -4,6 +4,7 @@
 reads a whole-module pickle without running any of its code; ``load_any`` takes either.
 """
 
+from geokd.checkpoints.importing import import_released_checkpoint, parse_sha256sums, read_sha256sums
 from geokd.checkpoints.released import infer_wrn_config, load_released_state_dict
 from geokd.checkpoints.store import (
     file_sha256,
@@ -15,6 +16,9 @@ from geokd.checkpoints.store import (
 
 __all__ = [
     "file_sha256",
+    "import_released_checkpoint",
+    "parse_sha256sums",
+    "read_sha256sums",
     "infer_wrn_config",
     "load_any",
     "load_checkpoint",
