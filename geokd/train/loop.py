@@ -330,7 +330,8 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
     start_epoch, elapsed = 0, 0.0
     if run.is_finished() and resume:
         return _finished_result(run, student, device)
-    if run.state_path.is_file() or run.metrics_path.is_file():
+    # Only rank 0 judges the directory: the others would see the files it is writing.
+    if ctx.is_main and (run.state_path.is_file() or run.metrics_path.is_file()):
         if not resume:
             raise ConfigError(
                 f"run directory {run.path} already holds a run; pass resume=True (--resume) to continue it "
@@ -348,8 +349,8 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
         start_epoch, elapsed = int(state["epoch"]), float(state["train_seconds"])
         if ctx.is_main:
             run.truncate_metrics(last_epoch=start_epoch)
-    elif ctx.is_main:
-        run.truncate_metrics(last_epoch=0)
+    elif ctx.is_main and run.metrics_path.is_file():
+        run.truncate_metrics(last_epoch=0)  # metrics of a run killed before its first checkpoint
     ctx.broadcast_module(student)
     for term in parts.terms:
         ctx.broadcast_module(term.module)
