@@ -130,7 +130,7 @@ def prepare_for_inference(model: nn.Module, example: torch.Tensor, *, fuse: bool
     predictions differ or the logits move by more than 1e-3 of their scale (a model whose
     BN does not directly follow its conv), the plain copy is returned instead.
     """
-    plain = copy.deepcopy(model).eval()
+    plain = copy.deepcopy(model).to(example.device).eval()
     if example.dim() == 4:
         plain = plain.to(memory_format=torch.channels_last)
         example = example.contiguous(memory_format=torch.channels_last)
@@ -204,7 +204,7 @@ def evaluate_model(model: nn.Module, dataset, *, batch_size: int = 100, device="
     """
     _check_batch_size(batch_size)
     batches = _normalized_batches(dataset, batch_size=batch_size, device=device)
-    fast = _prepare(model.to(device), batches[0][0], fuse=fuse, name=name)
+    fast = _prepare(model, batches[0][0], fuse=fuse, name=name)
     return _count_wrong(fast, batches, name=name, num_classes=dataset.num_classes)
 
 

@@ -253,3 +253,51 @@ def test_overwrite_is_atomic_replace(tmp_path):
     loaded, _ = load_checkpoint(path)
     assert torch.equal(loaded.fc1.weight, b.fc1.weight)
     assert sorted(os.listdir(tmp_path)) == ["m.pt", "m.pt.sha256"]
+
+
+class _StorageToken:
+    pass
+
+
+class _TensorRecord:
+    def __init__(self, storage, size, stride):
+        self.storage, self.size, self.stride = storage, size, stride
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, (self.storage, 0, self.size, self.stride, False, OrderedDict())
+
+
+def _crafted_zip(path, obj, storage_bytes):
+    """A torch zip file whose data.pkl is ``obj`` with _StorageToken as storage '0' (4 floats)."""
+    import io
+    import zipfile
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, item):
+            if isinstance(item, _StorageToken):
+                return ("storage", torch.FloatStorage, "0", "cpu", 4)
+            return None
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump(obj)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        archive.writestr("archive/data/0", storage_bytes)
+
+
+def test_tensor_records_are_bounds_checked(tmp_path):
+    token = _StorageToken()
+    good = tmp_path / "good.pth"
+    _crafted_zip(good, {"state_dict": OrderedDict(w=_TensorRecord(token, (2, 2), (2, 1)))}, torch.arange(4.0).numpy().tobytes())
+    state, _ = load_released_state_dict(good)
+    assert torch.equal(state["w"], torch.arange(4.0).view(2, 2))
+    # A tensor that would read past its 4-element storage.
+    bad = tmp_path / "bad.pth"
+    _crafted_zip(bad, {"state_dict": OrderedDict(w=_TensorRecord(token, (100,), (1,)))}, torch.arange(4.0).numpy().tobytes())
+    with pytest.raises(CheckpointError, match=r"w: tensor of size \(100,\) .* reads past its storage of 4 elements"):
+        load_released_state_dict(bad)
+    # Storage bytes that do not match the declared element count.
+    short = tmp_path / "short.pth"
+    _crafted_zip(short, {"state_dict": OrderedDict(w=_TensorRecord(token, (4,), (1,)))}, b"\0" * 8)
+    with pytest.raises(CheckpointError, match="storage '0' has 8 bytes, expected 16"):
+        load_released_state_dict(short)

@@ -177,9 +177,9 @@ def test_released_networks_reproduce_the_paper_table(graph_kd_dir):
     assert len(test) == 10_000
     paths = sorted(os.path.join(graph_kd_dir, f) for f in os.listdir(graph_kd_dir) if f.endswith(".pth"))
     assert len(paths) == 21
-    start = time.perf_counter()
+    cpu_start = time.process_time()
     results = evaluate_checkpoints(paths, test, progress=False)
-    elapsed = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     summaries = summarize_groups(results)
     assert set(summaries) == set(README_ERRORS)
     for group, expected in README_ERRORS.items():
@@ -188,4 +188,6 @@ def test_released_networks_reproduce_the_paper_table(graph_kd_dir):
     assert summaries["WideResNet28-1"].median == pytest.approx(6.73, abs=0.0101)
     assert summaries["GKD_28-1_teaches_28-0.5_0.0_0.0_25.0_1_128_False_False_False"].median == pytest.approx(9.69, abs=0.0101)
     assert summaries["RKD_28-1_teaches_28-0.5_0.0_0.0_25.0_False"].median == pytest.approx(10.05, abs=0.0101)
-    assert elapsed < 600, f"evaluating the 21 released networks took {elapsed:.0f} s"
+    # CPU time, not wall time: the budget must hold on a shared machine too. Measured ~200 CPU-s
+    # (about 100 s of wall time on 2 idle cores); plain 2-thread NCHW inference takes ~5x more.
+    assert cpu_seconds < 450, f"evaluating the 21 released networks took {cpu_seconds:.0f} CPU-seconds"
