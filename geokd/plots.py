@@ -200,7 +200,7 @@ def plot_distances(rows, stem: str, *, metrics: Sequence[str] = ("aligned_distan
         _draw_profile(ax, part, layer_order(part), metric=metric)
         ax.set_title(METRIC_LABEL.get(metric, metric), fontsize=9)
         ax.set_ylabel("")
-    axes[0][0].legend(fontsize=8)
+    axes[0][-1].legend(fontsize=8)
     fig.suptitle("How far each student's graphs are from the teacher's (lower = closer)", fontsize=10)
     fig.tight_layout()
     return _save(fig, summary, stem)
@@ -255,7 +255,9 @@ def plot_graph_heatmaps(heatmaps: Mapping[str, np.ndarray], labels: np.ndarray, 
     """Heat maps of the GKD graphs ``Â`` of one batch sorted by class, per network and layer.
 
     ``heatmaps`` maps ``"<network>/<layer>"`` to an ``(n, n)`` array; rows of the figure are
-    networks, columns layers. The CSV beside holds every matrix entry (small batches only).
+    networks, columns layers. The colour scale of each panel spans its off-diagonal entries
+    (the zero diagonal would otherwise flatten it). The CSV beside gives, per panel, the
+    share of the graph's weight that stays within classes.
     """
     plt = _pyplot()
     keys = list(heatmaps)
@@ -278,7 +280,9 @@ def plot_graph_heatmaps(heatmaps: Mapping[str, np.ndarray], labels: np.ndarray, 
                 ax.set_visible(False)
                 continue
             m = np.asarray(matrix)[np.ix_(order, order)]
-            ax.imshow(m, cmap="viridis", interpolation="nearest")
+            off_diagonal = m[~np.eye(m.shape[0], dtype=bool)]
+            ax.imshow(m, cmap="viridis", interpolation="nearest",
+                      vmin=np.percentile(off_diagonal, 1), vmax=np.percentile(off_diagonal, 99))
             for b in boundaries:
                 ax.axhline(b, color="white", linewidth=0.3)
                 ax.axvline(b, color="white", linewidth=0.3)
@@ -297,3 +301,30 @@ def _within_class_share(matrix: np.ndarray, labels: np.ndarray) -> float:
     same = labels[:, None] == labels[None, :]
     total = matrix.sum()
     return float(matrix[same].sum() / total) if total > 0 else 0.0
+
+
+def draw_saved_analysis(directories, out: str) -> list[str]:
+    """Draw every figure the saved analyses have data for; return the written paths."""
+    from geokd.analysis.saved import read_analyses
+
+    saved = read_analyses(directories)
+    rows = saved.rows
+    os.makedirs(out, exist_ok=True)
+    written = []
+    written += plot_smoothness(rows, os.path.join(out, "smoothness"))
+    written += plot_consistency(rows, os.path.join(out, "consistency"))
+    written += plot_distances(rows, os.path.join(out, "distances"))
+    written += plot_layer_profile(rows, os.path.join(out, "knn_accuracy"), metric="knn_accuracy",
+                                        title="Leave-one-out k-NN accuracy per layer")
+    methods = {r["method"] for r in rows}
+    if {"gkd-intra", "gkd-inter"} & methods or len([m for m in methods if m.startswith("gkd")]) > 1:
+        written += plot_task_graphs(rows, os.path.join(out, "task_graphs"))
+    markdown, latex = error_table(rows)
+    for suffix, text in ((".md", markdown), (".tex", latex)):
+        path = os.path.join(out, "error_table" + suffix)
+        with open(path, "w") as handle:
+            handle.write(text + "\n")
+        written.append(path)
+    if saved.heatmaps:
+        written += plot_graph_heatmaps(saved.heatmaps, saved.heatmap_labels, os.path.join(out, "heatmaps"))
+    return written

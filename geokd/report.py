@@ -148,19 +148,17 @@ def build_report(rows: Sequence[Mapping], *, figures: Sequence[str] = (), settin
     return "\n".join(parts)
 
 
-def write_report(directory: str, out: str) -> str:
-    """Read a saved analysis (``geokd analyze`` output), draw its figures, write one HTML file."""
-    from geokd.analysis.tables import read_table
-    from geokd.cli.figures import draw_all
+def write_report(directories, out: str) -> str:
+    """Read saved analyses (``geokd analyze`` outputs), draw their figures, write one HTML file."""
+    from geokd.analysis.saved import read_analyses
+    from geokd.plots import draw_saved_analysis
 
-    rows = read_table(os.path.join(directory, "metrics.json"))
-    settings_path = os.path.join(directory, "analysis.json")
-    settings = None
-    if os.path.exists(settings_path):
-        with open(settings_path) as handle:
-            settings = json.load(handle)
+    saved = read_analyses(directories)
+    rows = saved.rows
+    shown = [{k: v for k, v in s.items() if k != "node_indices"} for s in saved.settings]
+    settings = shown[0] if len(shown) == 1 else ({"analyses": shown} if shown else None)
     with tempfile.TemporaryDirectory() as tmp:
-        figures = [p for p in draw_all(directory, tmp) if p.endswith(".png")]
+        figures = [p for p in draw_saved_analysis(directories, tmp) if p.endswith(".png")]
         text = build_report(rows, figures=figures, settings=settings)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as handle:

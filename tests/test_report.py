@@ -49,3 +49,17 @@ def test_report_without_students_still_renders():
 def test_report_refuses_a_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics table"):
         write_report(str(tmp_path / "nothing"), str(tmp_path / "r.html"))
+
+
+def test_merging_analyses_refuses_disagreeing_values(tmp_path):
+    from geokd.analysis.saved import read_analyses
+
+    rows = synthetic_rows()
+    write_table(rows, str(tmp_path / "a" / "metrics"))
+    changed = [dict(r) for r in rows]
+    changed[0]["value"] += 1.0
+    write_table(changed, str(tmp_path / "b" / "metrics"))
+    with pytest.raises(ValueError, match="differs from"):
+        read_analyses([str(tmp_path / "a"), str(tmp_path / "b")])
+    merged = read_analyses([str(tmp_path / "a"), str(tmp_path / "a")])
+    assert len(merged.rows) == len(rows)

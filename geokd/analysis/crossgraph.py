@@ -24,8 +24,8 @@ def low_frequency_basis(w, *, num_eigenvectors: int = 10, name: str | None = Non
     Examples
     --------
     >>> values, vectors = low_frequency_basis(np.ones((3, 3)) - np.eye(3), num_eigenvectors=1)
-    >>> values.round(6).tolist(), vectors.shape
-    ([0.0], (3, 1))
+    >>> bool(abs(values[0]) < 1e-12), vectors.shape
+    (True, (3, 1))
     """
     laplacian = normalized_laplacian(w, name=name)
     n = laplacian.shape[0]

@@ -113,7 +113,7 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                      node_indices, mean, std, layers: Sequence[str] | None = None, k: int = 10,
                      num_eigenvectors: int = 10, linear_probe: bool = False, device="cpu",
                      batch_size: int = 500, node_set: str = "nodes", heatmap_per_class: int = 5,
-                     on_network: Callable[[Network], None] | None = None) -> AnalysisResult:
+                     on_network: Callable[[Network, list[dict]], None] | None = None) -> AnalysisResult:
     """All metrics, per sensing point, of ``teacher`` and every student, as tidy rows.
 
     Parameters
@@ -142,7 +142,8 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
         Size per class of the batch whose GKD graphs are kept for heat maps (teacher and
         the first student of each method).
     on_network : callable, optional
-        Called with each network when its analysis is done (e.g. to report progress).
+        Called as ``on_network(network, rows_so_far)`` when a network is done (to report
+        progress or save partial results).
 
     Returns
     -------
@@ -195,7 +196,7 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                                  metric="probe_accuracy", value=(probe == node_labels).mean(), **extra))
     del t_acts
     if on_network:
-        on_network(teacher)
+        on_network(teacher, rows)
 
     methods_shown = set()
     for student in students:
@@ -206,7 +207,7 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                               linear_probe=linear_probe, extra=extra,
                               on_activations=keep_heatmaps if show else None)
         if on_network:
-            on_network(student)
+            on_network(student, rows)
     return AnalysisResult(rows=rows, heatmaps=heatmaps, heatmap_labels=node_labels[batch])
 
 

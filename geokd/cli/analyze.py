@@ -7,8 +7,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -61,6 +59,7 @@ def _settings(args):
 def run(args) -> int:
     from geokd.analysis.nodes import balanced_node_set, whole_set
     from geokd.analysis.pipeline import analyze_networks
+    from geokd.analysis.saved import write_heatmaps
     from geokd.analysis.sources import network_from_path
     from geokd.analysis.tables import write_table
     from geokd.data import load_dataset
@@ -83,8 +82,12 @@ def run(args) -> int:
     start = time.perf_counter()
     done = []
 
-    def report(net):
+    os.makedirs(args.out, exist_ok=True)
+
+    def report(net, rows_so_far):
         done.append(net.name)
+        # Partial results survive an interrupted run; the final write replaces them.
+        write_table(rows_so_far, os.path.join(args.out, "metrics"))
         print(f"  [{len(done)}/{len(students) + 1}] {net.name} ({time.perf_counter() - start:.0f} s)",
               file=sys.stderr)
 
@@ -92,10 +95,8 @@ def run(args) -> int:
                               layers=study.layers, k=study.k, num_eigenvectors=study.num_eigenvectors,
                               linear_probe=study.linear_probe, device=args.device, batch_size=args.batch_size,
                               node_set=node_set, on_network=report)
-    os.makedirs(args.out, exist_ok=True)
     csv_path, json_path = write_table(result.rows, os.path.join(args.out, "metrics"))
-    np.savez_compressed(os.path.join(args.out, "heatmaps.npz"), labels=result.heatmap_labels,
-                        **{key.replace("/", "__"): value.astype(np.float32) for key, value in result.heatmaps.items()})
+    write_heatmaps(os.path.join(args.out, "heatmaps.npz"), result.heatmaps, result.heatmap_labels)
     settings = {"teacher": study.teacher, "students": student_paths, "dataset": study.dataset,
                 "split": study.split, "mean": list(mean), "std": list(std), "node_set": node_set,
                 "per_class": study.per_class, "node_seed": study.node_seed, "k": study.k,

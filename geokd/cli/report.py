@@ -10,7 +10,8 @@ def register(subparsers) -> None:
         description="Tell, layer by layer, how close each student method is to its teacher and where it "
                     "diverges, from DIR/metrics.json written by `geokd analyze`.",
     )
-    parser.add_argument("directory", metavar="DIR", help="output directory of `geokd analyze`")
+    parser.add_argument("directories", nargs="+", metavar="DIR",
+                        help="output directory of `geokd analyze` (several merge: same teacher and node set)")
     parser.add_argument("--out", required=True, help="the HTML file to write")
     parser.set_defaults(handler=run)
 
@@ -18,5 +19,5 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from geokd.report import write_report
 
-    print(write_report(args.directory, args.out))
+    print(write_report(args.directories, args.out))
     return 0
