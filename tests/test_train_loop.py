@@ -173,6 +173,7 @@ def test_run_directory_records_config_meta_metrics_and_weights(tmp_path):
         assert torch.equal(saved[key], value)
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_and_other_seed_differs(tmp_path):
     a = fit(make_parts(1), quick_config(), run_dir=tmp_path / "a", progress=False)
     b = fit(make_parts(1), quick_config(), run_dir=tmp_path / "b", progress=False)
@@ -318,6 +319,7 @@ def test_existing_run_needs_resume_and_finished_run_is_reused(tmp_path):
     assert again.resumed_from_epoch == 3 and len(again.metrics) == 3
 
 
+@pytest.mark.slow
 def test_second_process_cannot_write_a_locked_run(tmp_path):
     run = RunDir(tmp_path / "r")
     with run.lock():
@@ -368,6 +370,7 @@ KILL_SCRIPT = PARTS_SOURCE + textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run_bit_exactly(tmp_path):
     script = tmp_path / "kill_script.py"
     script.write_text(KILL_SCRIPT)
