@@ -1,0 +1,265 @@
+"""Dataset-scale cosine k-NN graphs at the layer1 size, against scikit-learn and PyGSP, and how they scale.
+
+Data: real activations, the ``layer1`` output (16 x 32 x 32 = 16,384 values) of the released
+WRN-28-1 teacher (``/work/shared/graph_kd``) on the first N CIFAR-10 training images
+(float32, no augmentation), k = 10.
+
+At ``--n`` (10,000) points, measured in one run:
+
+- geokd ``knn_graph(x, k=10)`` (exact, symmetric blocked scan);
+- scikit-learn ``NearestNeighbors(n_neighbors=k+1, algorithm="brute", metric="cosine")``
+  ``.fit(x).kneighbors(x)`` (exact, the same N²·d GEMM work, twice over since it does
+  not use symmetry);
+- geokd ``knn_graph(x, k=10, approximate=True)`` (random projection to 256 dimensions,
+  64 candidates re-ranked exactly), with its recall: the share of the true k neighbours
+  of each point (scikit-learn's, self excluded) that are its neighbours in the
+  approximate graph, and the share of the exact graph's edges present;
+- PyGSP ``NNGraph(x_normalized, k=10, center=False, rescale=False)`` (scipy KD-tree,
+  exact; Euclidean distance between unit rows ranks neighbours as cosine does) on the
+  first ``--pygsp-n`` points only: its KD-tree degrades to a scalar scan at d = 16,384
+  (minutes per thousand points), so geokd is timed again on the same subset and the ratio
+  is taken there. Both are O(N²·d), so the ratio carries over to larger N.
+
+Time is the wall time of one call (after a warm-up of every method on a small subset),
+memory the peak RSS above the RSS before the call (input excluded, it exists already)
+and the absolute peak RSS of the process. The exact methods' GEMM rate is given as a
+fraction of the CPU's measured float32 matmul peak (:mod:`benchmarks.bench_matmul_peak`).
+
+Scaling table: N = 1k, 5k, 10k, 50k for both modes (exact above ``--exact-max-n``
+is skipped: ~25x the 10k time), with the growth exponent between successive sizes
+(expected: time ~N² for exact and for the candidate search, memory ~N·k beyond the
+fixed-size blocks).
+
+Run: ``python -m benchmarks.bench_knn_scaling [--quick] [--n 10000] [--pygsp-n 1000]``
+(prints tables, writes ``benchmarks/results/bench_knn_scaling.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from benchmarks._common import _rss_bytes, format_table, peak_memory, write_json
+from benchmarks.bench_matmul_peak import measure_matmul_peak
+from geokd.graphs import knn_graph
+
+RELEASED_TEACHER = Path("/work/shared/graph_kd/WideResNet28-1_0.pth")
+K = 10
+TARGET_MEMORY_MB = 2048
+TARGET_VS_PYGSP = 3.0
+TARGET_APPROX_VS_SKLEARN = 3.0
+TARGET_RECALL = 0.99
+
+
+@torch.no_grad()
+def layer1_activations(n: int, *, teacher_path: Path = RELEASED_TEACHER, device="cpu", batch: int = 500) -> np.ndarray:
+    """``(n, 16384)`` float32 layer1 outputs of the released teacher on the first n CIFAR-10 training images."""
+    from geokd.checkpoints import load_any
+    from geokd.data import BatchLoader, load_dataset
+
+    teacher = load_any(teacher_path, device=device).eval()
+    train = load_dataset("cifar10", split="train")
+    if n > len(train):
+        raise ValueError(f"expected at most {len(train)} points (CIFAR-10 train), got n={n}")
+    out = None
+    filled = 0
+    for x, _ in BatchLoader(train, batch_size=batch, shuffle=False, augment=False, device=device):
+        take = min(batch, n - filled)
+        x = x[:take]
+        # The network up to its first sensing point (WideResNet's stem, then layer1).
+        h = teacher.layer1(teacher.relu(teacher.bn(teacher.conv1(x)))).reshape(take, -1)
+        if out is None:
+            out = np.empty((n, h.shape[1]), dtype=np.float32)
+        out[filled:filled + take] = h.cpu().numpy()
+        filled += take
+        if filled == n:
+            break
+    return out
+
+
+def sklearn_knn(x: np.ndarray, k: int):
+    from sklearn.neighbors import NearestNeighbors
+
+    return NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric="cosine").fit(x).kneighbors(x)
+
+
+def pygsp_knn(x_unit: np.ndarray, k: int):
+    import logging
+
+    import pygsp
+
+    # PyGSP logs every k-NN backend choice at DEBUG on its own handler.
+    logging.getLogger("pygsp").setLevel(logging.WARNING)
+
+    return pygsp.graphs.NNGraph(x_unit, k=k, center=False, rescale=False)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def true_neighbours(indices: np.ndarray) -> np.ndarray:
+    """Drop each row's self match from scikit-learn's k+1 neighbours (wherever ties put it)."""
+    n, kp1 = indices.shape
+    out = np.empty((n, kp1 - 1), dtype=np.int64)
+    for i in range(n):
+        row = indices[i][indices[i] != i]
+        out[i] = row[: kp1 - 1]
+    return out
+
+
+def neighbour_recall(graph: sp.csr_matrix, truth: np.ndarray) -> float:
+    """Share of the true (i, j) neighbour pairs that are edges of ``graph``."""
+    n, k = truth.shape
+    hits = np.asarray(graph[np.repeat(np.arange(n), k), truth.reshape(-1)]).reshape(-1) != 0
+    return float(hits.mean())
+
+
+def edge_recall(approx: sp.csr_matrix, exact: sp.csr_matrix) -> float:
+    """Share of the exact graph's edges present in the approximate one."""
+    both = exact.multiply(approx != 0)
+    return both.nnz / exact.nnz
+
+
+def geokd_exact_gemm_flops(n: int, d: int, *, block: int = 2048) -> float:
+    """FLOPs of the blocks geokd's symmetric scan multiplies (upper block triangle)."""
+    sizes = [min(block, n - s) for s in range(0, n, block)]
+    return sum(2.0 * sizes[i] * sizes[j] * d for i in range(len(sizes)) for j in range(i, len(sizes)))
+
+
+def run_measured(fn) -> dict:
+    before = _rss_bytes()
+    stats = peak_memory(fn)
+    stats["peak_rss_mb"] = before / 2 ** 20 + stats["peak_rss_delta_mb"]
+    return stats
+
+
+def growth(rows: list[dict], key: str) -> None:
+    """Log-log slope of ``key`` against N between successive rows of one mode."""
+    for prev, cur in zip(rows, rows[1:]):
+        if prev[key] > 0 and cur[key] > 0:
+            cur[f"{key}_exponent"] = math.log(cur[key] / prev[key]) / math.log(cur["n"] / prev["n"])
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description="dataset-scale cosine k-NN graphs vs sklearn and PyGSP; scaling")
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--pygsp-n", type=int, default=1000, help="points for the PyGSP comparison")
+    parser.add_argument("--scaling", default="1000,5000,10000,50000", help="N values of the scaling table")
+    parser.add_argument("--exact-max-n", type=int, default=10_000, help="largest N timed in exact mode")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="smoke test: N = 1000, PyGSP on 150, scaling 300/1000")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.n, args.pygsp_n, args.scaling = 1000, 150, "300,1000"
+    scaling_ns = sorted({int(v) for v in args.scaling.split(",") if v.strip()})
+    peak = measure_matmul_peak(size=512 if args.quick else 2048, repeat=3 if args.quick else 5, threads=args.threads)
+    peak_gflops = peak["peak_gflops"]
+
+    x = layer1_activations(args.n)
+    n, d = x.shape
+    warm = x[:200]
+    knn_graph(warm, k=K), knn_graph(warm, k=K, approximate=True), sklearn_knn(warm, K)
+    pygsp_knn(unit_rows(warm[:50]), K)
+
+    # ---- the main comparison at N = --n
+    main_rows = []
+    exact = run_measured(lambda: knn_graph(x, k=K))
+    skl = run_measured(lambda: sklearn_knn(x, K))
+    approx = run_measured(lambda: knn_graph(x, k=K, approximate=True))
+    truth = true_neighbours(skl["result"][1])
+    exact_recall = neighbour_recall(exact["result"], truth)
+    approx_recall = neighbour_recall(approx["result"], truth)
+    approx_edges = edge_recall(approx["result"], exact["result"])
+    for name, stats, flops in (("geokd exact", exact, geokd_exact_gemm_flops(n, d)),
+                               ("sklearn brute cosine", skl, 2.0 * n * n * d),
+                               ("geokd approximate", approx, None)):
+        row = {"method": name, "n": n, "seconds": stats["seconds"],
+               "ratio_sklearn/this": skl["seconds"] / stats["seconds"],
+               "peak_rss_delta_mb": stats["peak_rss_delta_mb"], "peak_rss_mb": stats["peak_rss_mb"]}
+        if flops is not None:
+            row["gemm_fraction_of_peak"] = flops / stats["seconds"] / 1e9 / peak_gflops
+        main_rows.append(row)
+    main_rows[0]["recall"] = exact_recall
+    main_rows[2]["recall"] = approx_recall
+
+    # ---- PyGSP on a subset (its KD-tree scans every coordinate in Python-free but scalar C)
+    xs = x[: args.pygsp_n]
+    xs_unit = unit_rows(xs)
+    pyg = run_measured(lambda: pygsp_knn(xs_unit, K))
+    ours_small = run_measured(lambda: knn_graph(xs, k=K))
+    pygsp_rows = [
+        {"method": "PyGSP NNGraph (KD-tree)", "n": len(xs), "seconds": pyg["seconds"],
+         "peak_rss_delta_mb": pyg["peak_rss_delta_mb"]},
+        {"method": "geokd exact", "n": len(xs), "seconds": ours_small["seconds"],
+         "peak_rss_delta_mb": ours_small["peak_rss_delta_mb"], "speedup_vs_pygsp": pyg["seconds"] / ours_small["seconds"]},
+    ]
+    pygsp_recall = neighbour_recall(ours_small["result"], true_neighbours(
+        np.argsort(-(xs_unit @ xs_unit.T), axis=1, kind="stable")[:, : K + 1]))
+    del x, exact, skl, approx
+
+    # ---- scaling table
+    scaling = {"exact": [], "approximate": []}
+    largest = max(scaling_ns)
+    xl = layer1_activations(largest)
+    for size in scaling_ns:
+        xn = xl[:size]
+        for mode in ("exact", "approximate"):
+            if mode == "exact" and size > args.exact_max_n:
+                continue
+            stats = run_measured(lambda: knn_graph(xn, k=K, approximate=(mode == "approximate")))
+            scaling[mode].append({"mode": mode, "n": size, "seconds": stats["seconds"],
+                                  "peak_rss_delta_mb": stats["peak_rss_delta_mb"],
+                                  "nnz": stats["result"].nnz})
+    for rows in scaling.values():
+        growth(rows, "seconds")
+        growth(rows, "peak_rss_delta_mb")
+    del xl
+
+    targets = {
+        f"exact peak memory < {TARGET_MEMORY_MB} MB (absolute RSS)": main_rows[0]["peak_rss_mb"] < TARGET_MEMORY_MB,
+        f"exact >= {TARGET_VS_PYGSP}x PyGSP": pygsp_rows[1]["speedup_vs_pygsp"] >= TARGET_VS_PYGSP,
+        "exact no slower than sklearn": main_rows[0]["seconds"] <= skl_seconds(main_rows),
+        f"approximate >= {TARGET_APPROX_VS_SKLEARN}x sklearn":
+            main_rows[2]["ratio_sklearn/this"] >= TARGET_APPROX_VS_SKLEARN,
+        f"approximate recall >= {TARGET_RECALL}": approx_recall >= TARGET_RECALL,
+    }
+    print(f"cosine k-NN graph, k = {K}, layer1 activations of the released WRN-28-1 on CIFAR-10 train, "
+          f"N = {n}, d = {d}; torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}; "
+          f"measured matmul peak {peak_gflops:.1f} GFLOP/s")
+    print(format_table(main_rows, ["method", "n", "seconds", "ratio_sklearn/this", "peak_rss_delta_mb", "peak_rss_mb",
+                                   "gemm_fraction_of_peak", "recall"]))
+    print(f"approximate mode: recall of the true {K} neighbours {approx_recall:.4f}, "
+          f"exact-graph edges kept {approx_edges:.4f}; exact mode recall {exact_recall:.4f}")
+    print(f"\nPyGSP NNGraph on the first {len(xs)} points (geokd timed on the same subset; "
+          f"geokd recall vs a dense argsort there {pygsp_recall:.4f}):")
+    print(format_table(pygsp_rows, ["method", "n", "seconds", "peak_rss_delta_mb", "speedup_vs_pygsp"]))
+    print("\nscaling (exponent: log-log slope vs the previous N; expected ~2 for time, <= 1 for memory):")
+    flat = scaling["exact"] + scaling["approximate"]
+    print(format_table(flat, ["mode", "n", "seconds", "seconds_exponent", "peak_rss_delta_mb",
+                              "peak_rss_delta_mb_exponent", "nnz"]))
+    print("\ntargets: " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in targets.items()))
+    payload = {"quick": args.quick, "k": K, "n": n, "d": d, "threads": torch.get_num_threads(),
+               "load_average": os.getloadavg(), "matmul_peak": peak, "main": main_rows,
+               "approx_neighbour_recall": approx_recall, "approx_edge_recall": approx_edges,
+               "exact_neighbour_recall": exact_recall, "pygsp": pygsp_rows, "scaling": flat,
+               "targets": {k_: bool(v) for k_, v in targets.items()}}
+    path = write_json("bench_knn_scaling_quick" if args.quick else "bench_knn_scaling", payload)
+    print(f"wrote {path}")
+    return payload
+
+
+def skl_seconds(rows: list[dict]) -> float:
+    return next(r["seconds"] for r in rows if r["method"].startswith("sklearn"))
+
+
+if __name__ == "__main__":
+    main()
