@@ -41,9 +41,11 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_memory(fn: Callable[[], Any], *, interval: float = 0.002) -> dict[str, Any]:
-    """Run ``fn`` once; peak RSS above the starting RSS (sampled every ``interval`` s, covers
-    torch/BLAS buffers) and the tracemalloc peak (Python and NumPy allocations)."""
+def peak_memory(fn: Callable[[], Any], *, interval: float = 0.002, trace_python: bool = False) -> dict[str, Any]:
+    """Run ``fn`` once: wall time and peak RSS above the starting RSS (sampled every
+    ``interval`` s by a thread; covers torch/BLAS buffers). ``trace_python=True`` adds the
+    tracemalloc peak (Python and NumPy allocations) but slows allocation-heavy code a lot,
+    so the time is then not comparable."""
     gc.collect()
     baseline = _rss_bytes()
     peak = [baseline]
@@ -55,7 +57,8 @@ def peak_memory(fn: Callable[[], Any], *, interval: float = 0.002) -> dict[str, 
             time.sleep(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    tracemalloc.start()
+    if trace_python:
+        tracemalloc.start()
     sampler.start()
     start = time.perf_counter()
     try:
@@ -64,11 +67,13 @@ def peak_memory(fn: Callable[[], Any], *, interval: float = 0.002) -> dict[str, 
         seconds = time.perf_counter() - start
         done.set()
         sampler.join()
-        _, traced_peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        traced_peak = 0
+        if trace_python:
+            _, traced_peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
     peak[0] = max(peak[0], _rss_bytes())
     return {"seconds": seconds, "peak_rss_delta_mb": (peak[0] - baseline) / 2 ** 20,
-            "tracemalloc_peak_mb": traced_peak / 2 ** 20, "result": result}
+            "tracemalloc_peak_mb": traced_peak / 2 ** 20 if trace_python else None, "result": result}
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

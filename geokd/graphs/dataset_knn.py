@@ -1,8 +1,10 @@
 """Sparse k-NN graphs of a whole dataset, without ever forming the N×N matrix.
 
-Rows are processed in chunks: one float32 ``(chunk, N)`` block of similarities at a time,
-reduced at once with ``torch.topk`` to ``(chunk, k)``. Memory is the input, ``O(N·k)`` for
-the result and one block, whose size comes from ``memory_budget``.
+Similarities are computed one float32 block at a time and reduced at once with
+``torch.topk`` into running ``(N, k)`` lists. The exact scan visits only the blocks on and
+above the diagonal (the score is symmetric, so each block serves both its row and its
+column points: half the matmul work). Memory is the input, ``O(N·k)`` for the result and
+one block, whose size comes from ``memory_budget``.
 
 Exact mode computes every similarity. Approximate mode projects the L2-normalized rows to
 ``projection_dim`` Gaussian random directions, searches ``candidates`` neighbours per row in
@@ -217,7 +219,8 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
         ``"gaussian"``: neighbours by Euclidean distance, weight ``exp(-d^2 / (2 sigma^2))``
         with ``sigma`` the mean distance over the selected edges.
     chunk_size : int, optional
-        Rows per block; default from ``memory_budget``.
+        Rows (and columns) of one block of scores; default from ``memory_budget``: square
+        blocks of at most 2048 for the exact scan, row chunks for the candidate search.
     device : str or torch.device, optional
         Where to compute (default: ``x``'s device, CPU for NumPy input).
     approximate : bool
@@ -295,9 +298,10 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
     dim = min(projection_dim, d)
     projection = (torch.randn(d, dim, generator=gen) / math.sqrt(dim)).to(device)
     projected = torch.empty(n, dim, dtype=torch.float32, device=device)
+    projection_t = projection.T.contiguous()
     with torch.no_grad():
         for start in range(0, n, rows):
-            block = pts[start:start + rows] @ projection
+            block = _matmul_nt(pts[start:start + rows], projection_t)
             projected[start:start + rows] = torch.nn.functional.normalize(block, dim=1)
         _, cand = _chunked_topk(projected, projected, n_cand, rows, progress=progress, desc="k-NN candidates")
     values, indices = _rerank(pts, inv_norm, cand, k, memory_budget)
