@@ -106,7 +106,8 @@ def test_cifar_resnet_depth_counts_weighted_layers(depth):
     convs3 = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     assert len(convs3) + len(linears) == depth
-    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 8, 8)).shape == (1, 10)
 
 
 def test_registry_round_trips_every_model():

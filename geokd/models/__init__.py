@@ -20,9 +20,12 @@ from torch import nn
 from geokd.models.outputs import ModelOutputs
 from geokd.models.resnet_cifar import CifarResNet
 from geokd.models.small import MLP, SmallCNN
+from geokd.models.taps import FeatureTaps, forward_with_features
 from geokd.models.wrn import WideResNet
 
 __all__ = [
+    "FeatureTaps",
+    "forward_with_features",
     "MLP",
     "CifarResNet",
     "ModelOutputs",
