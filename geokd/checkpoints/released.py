@@ -281,6 +281,7 @@ def _unpickle(stream, *, class_prefixes, storages=None):
 
 
 def _read_legacy(path: str, *, class_prefixes) -> tuple[object, dict[str, torch.Tensor], set[str]]:
+    file_size = os.path.getsize(path)
     with open(path, "rb") as f:
         header = []
         for what in ("magic number", "protocol version", "system info"):
@@ -308,6 +309,11 @@ def _read_legacy(path: str, *, class_prefixes) -> tuple[object, dict[str, torch.
             if numel != ref.numel:
                 raise CheckpointError(f"{path}: storage {key!r} holds {numel} elements, the pickle says {ref.numel}")
             nbytes = numel * torch.empty((), dtype=ref.dtype).element_size()
+            remaining = file_size - f.tell()
+            if nbytes > remaining:  # checked before reading, so a forged count cannot exhaust memory
+                raise CheckpointError(
+                    f"{path}: truncated file: storage {key!r} needs {nbytes} bytes, only {remaining} remain"
+                )
             payload = f.read(nbytes)
             if len(payload) != nbytes:
                 raise CheckpointError(
