@@ -68,13 +68,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def train_network(model: nn.Module, batches, *, epochs: int, term: Callable | None = None, weight: float = 1.0,
                   clip_to_task_gradient: bool = False, teacher: nn.Module | None = None, lr: float = 0.1,
-                  device="cpu", subset: torch.Tensor | None = None) -> nn.Module:
+                  device="cpu") -> nn.Module:
     """SGD on CE (+ ``weight·term(student_outputs, teacher_outputs, labels)``).
 
     With ``clip_to_task_gradient`` the term's gradient is rescaled to at most the CE
-    gradient's norm (IEP, KD-SVD). ``subset`` (a boolean mask over the training set, in
-    the loader's index order) is not supported by the shuffling loader, so selective KD
-    passes its own batches instead.
+    gradient's norm (IEP, KD-SVD), as geokd's trainer does. ``batches`` is re-iterable
+    over ``(x, y)``; selective KD passes a loader over its kept subset.
     """
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
