@@ -14,7 +14,7 @@ KERNELS = ("cosine", "gaussian", "dot")
 
 
 def _zero_diagonal(a: torch.Tensor) -> torch.Tensor:
-    # Multiplying by a mask (instead of writing in place) keeps autograd simple.
+    # Out of place: an in-place write would break autograd for the tensors it came from.
     eye = torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
     return a.masked_fill(eye, 0.0)
 
