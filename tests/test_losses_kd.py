@@ -135,3 +135,18 @@ def test_module_bad_inputs():
         loss(s, s, torch.zeros(5, dtype=torch.long))
     with pytest.raises(TypeError):
         HintonKD(4.0)  # hyper-parameters are keyword-only
+
+
+@pytest.mark.parametrize(
+    "name, clip",
+    [("kd", False), ("fitnet", False), ("attention", False), ("activation_boundary", False), ("fsp", False), ("kdsvd", True)],
+)
+def test_every_family_is_registered_with_the_trainer_attributes(name, clip):
+    from geokd.losses import available_losses, get_loss_class
+
+    assert name in available_losses()
+    loss = build_loss(name)
+    assert isinstance(loss, torch.nn.Module) and isinstance(loss, get_loss_class(name))
+    assert loss.clip_to_task_gradient is clip
+    assert loss.init_epochs == 0 and loss.init_only is False and loss.needs_teacher is True
+    assert loss.student_taps is None and loss.teacher_taps is None
