@@ -143,3 +143,8 @@ def test_errors():
 def test_stage_attributes():
     loss = FitNet(init_epochs=3, init_only=True, student_taps=["layer2"], teacher_taps=["layer2"])
     assert (loss.init_epochs, loss.init_only, loss.student_taps, loss.clip_to_task_gradient) == (3, True, ("layer2",), False)
+
+
+def test_setup_builds_float32_parameters_from_half_precision_outputs():
+    s, t = _outputs(dtype=torch.bfloat16)
+    assert FitNet.from_outputs(s, t).regressor.weight.dtype == torch.float32

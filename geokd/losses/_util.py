@@ -133,6 +133,11 @@ def pool_to(x: torch.Tensor, size: tuple[int, int], *, mode: str) -> torch.Tenso
     raise ValueError(f"expected pool mode 'avg' or 'max', got {mode!r}")
 
 
+def parameter_dtype(x: torch.Tensor) -> torch.dtype:
+    """dtype for parameters built to fit ``x``: float64 stays, anything else (bf16/fp16 under autocast) is float32."""
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+
+
 def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
     """Validate a positive (or non-negative) finite hyper-parameter."""
     try:

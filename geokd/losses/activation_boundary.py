@@ -37,6 +37,7 @@ from geokd.losses._util import (
     check_outputs,
     check_positive,
     describe_layers,
+    parameter_dtype,
     select_features,
 )
 from geokd.losses.registry import register_loss
@@ -160,7 +161,7 @@ class ActivationBoundary(DistillationTerm):
         if self.connectors is not None and _channels(self.connectors) == (s_ch, t_ch):
             return
         ref = student.features[chosen[0]]
-        self.connectors = _build_connectors(s_ch, t_ch).to(device=ref.device, dtype=ref.dtype)
+        self.connectors = _build_connectors(s_ch, t_ch).to(device=ref.device, dtype=parameter_dtype(ref))
 
     def forward(self, student, teacher, labels=None) -> torch.Tensor:
         check_outputs("activation_boundary", student, teacher, labels)

@@ -32,6 +32,7 @@ from geokd.losses._util import (
     check_feature_pair,
     check_outputs,
     layer_name,
+    parameter_dtype,
 )
 from geokd.losses.registry import register_loss
 
@@ -133,7 +134,7 @@ class FitNet(DistillationTerm):
         regressor = _regressor_for(s, t, where=layer_name(index, self.student_taps))
         if self.regressor is not None and _same_shape(self.regressor, regressor):
             return
-        self.regressor = regressor.to(device=s.device, dtype=s.dtype)
+        self.regressor = regressor.to(device=s.device, dtype=parameter_dtype(s))
 
     def forward(self, student, teacher, labels=None) -> torch.Tensor:
         check_outputs("fitnet", student, teacher, labels)
