@@ -70,21 +70,61 @@ def plan_study(study: Study, *, out: str | Path = "runs") -> list[PlannedRun]:
     return runs
 
 
-def run_study(study: Study, *, out: str | Path = "runs", device: str | torch.device = "cpu",
+def _train_one(config: TrainConfig, run_dir: str, device: str, resume: bool) -> float:
+    # Top level so a spawned worker process can run it.
+    return train(config, run_dir=run_dir, device=device, resume=resume, progress=False).train_seconds
+
+
+def run_study(study: Study, *, out: str | Path = "runs", device: str | torch.device = "cpu", jobs: int = 1,
               on_run_start: Callable[[PlannedRun, int, int], None] | None = None,
               on_epoch_end: Callable[[PlannedRun, dict], None] | None = None,
-              progress: bool | None = None) -> "StudyTable":
-    """Train the missing runs (resuming partial ones), then tabulate and write the table."""
+              on_run_end: Callable[[PlannedRun], None] | None = None,
+              progress: bool | None = None, command: str = "") -> "StudyTable":
+    """Train the missing runs (resuming partial ones), then tabulate and write the table.
+
+    ``jobs > 1`` trains that many students at once in worker processes (after the
+    teacher), which is how a small study uses several CPU cores; per-epoch callbacks
+    are then not called (``on_run_end`` is).
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs: expected at least 1 worker, got {jobs}")
     planned = plan_study(study, out=out)
     todo = [p for p in planned if p.status != "finished"]
-    for i, run in enumerate(todo):
-        if on_run_start is not None:
-            on_run_start(run, i + 1, len(todo))
-        callback = (lambda record, run=run: on_epoch_end(run, record)) if on_epoch_end is not None else None
-        train(run.config, run_dir=run.run_dir, device=device, resume=run.status == "partial",
-              on_epoch_end=callback, progress=progress)
-        run.status = "finished"
-    table = tabulate_study(study, out=out, device=device)
+    first = [p for p in todo if p.method == "teacher"]
+    rest = [p for p in todo if p.method != "teacher"]
+    counter = iter(range(1, len(todo) + 1))
+
+    def sequential(runs):
+        for run in runs:
+            if on_run_start is not None:
+                on_run_start(run, next(counter), len(todo))
+            callback = (lambda record, run=run: on_epoch_end(run, record)) if on_epoch_end is not None else None
+            train(run.config, run_dir=run.run_dir, device=device, resume=run.status == "partial",
+                  on_epoch_end=callback, progress=progress)
+            run.status = "finished"
+            if on_run_end is not None:
+                on_run_end(run)
+
+    sequential(first)
+    if jobs == 1 or len(rest) <= 1:
+        sequential(rest)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {}
+            for run in rest:
+                if on_run_start is not None:
+                    on_run_start(run, next(counter), len(todo))
+                futures[pool.submit(_train_one, run.config, str(run.run_dir), str(device),
+                                    run.status == "partial")] = run
+            for future in as_completed(futures):
+                future.result()  # re-raise a worker's error here
+                futures[future].status = "finished"
+                if on_run_end is not None:
+                    on_run_end(futures[future])
+    table = tabulate_study(study, out=out, device=device, command=command)
     write_table(table, Path(out) / study.name)
     return table
 

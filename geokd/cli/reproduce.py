@@ -6,6 +6,7 @@ import argparse
 import os
 import shlex
 import sys
+import time
 
 
 def register(subparsers) -> None:
@@ -19,6 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("study", nargs="?", default=None, help="study name or TOML file (default: digits)")
     parser.add_argument("--out", default="runs", help="output root (default: runs)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda… (default: cpu)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="students trained at once on CPU (default: the number of cores, at most 2; 1 on CUDA)")
     parser.add_argument("--plan", action="store_true", help="only list the runs and their status")
     parser.add_argument("--yes", action="store_true", help="do not wait after printing the time estimate")
     parser.set_defaults(handler=run)
@@ -52,12 +55,17 @@ def run(args) -> int:
             print(f"    epoch {record['epoch']}: test error {record['test_error']:.2f}%  {record['seconds']:.1f}s",
                   flush=True)
 
-    table = run_study(study, out=args.out, device=args.device, on_run_start=start, on_epoch_end=epoch)
-    table.command = "geokd reproduce" + "".join(f" {shlex.quote(a)}" for a in sys.argv[2:]) if sys.argv[1:2] == ["reproduce"] else "geokd reproduce"
-    from geokd.reproduce import write_table
+    def done(run):
+        print(f"    done: {run.method} seed {run.seed}", flush=True)
 
-    md, csv = write_table(table, os.path.join(args.out, study.name))
+    jobs = args.jobs or (1 if args.device.startswith("cuda") else max(1, min(2, os.cpu_count() or 1)))
+    command = " ".join(["geokd reproduce"] + [shlex.quote(a) for a in (args.study,) if a]
+                       + ([f"--out {shlex.quote(args.out)}"] if args.out != "runs" else []))
+    t0 = time.perf_counter()
+    table = run_study(study, out=args.out, device=args.device, jobs=jobs, on_run_start=start,
+                      on_epoch_end=epoch, on_run_end=done if jobs > 1 else None, command=command)
     print()
     print(table.markdown())
-    print(f"written: {md} and {csv}")
+    print(f"written: {os.path.join(args.out, study.name, 'table.md')} and table.csv "
+          f"({time.perf_counter() - t0:.0f} s, {jobs} job{'s' if jobs > 1 else ''})")
     return 0
