@@ -261,7 +261,19 @@ class StudyTable:
 
 def tabulate_study(study: Study, *, out: str | Path = "runs", device: str | torch.device = "cpu",
                    command: str = "") -> StudyTable:
-    """Read the finished runs of ``study`` and measure what the table needs."""
+    """Read the finished runs of ``study`` and measure what the table needs (with the
+    study's ``run.threads``, as its runs were trained)."""
+    threads = torch.get_num_threads()
+    wanted = study.table.get("base", {}).get("run", {}).get("threads")
+    if wanted:
+        torch.set_num_threads(wanted)
+    try:
+        return _tabulate(study, out=out, device=device, command=command)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _tabulate(study: Study, *, out, device, command: str) -> StudyTable:
     from geokd.checkpoints import load_checkpoint
     from geokd.data import BatchLoader, load_dataset
     from geokd.train import load_teacher

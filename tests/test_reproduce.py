@@ -62,7 +62,10 @@ def test_study_trains_missing_runs_reuses_finished_ones_and_writes_the_table(tmp
     out = tmp_path / "runs"
     assert [p.status for p in plan_study(tiny_study, out=out)] == ["missing"] * 5
     started = []
-    table = run_study(tiny_study, out=out, on_run_start=lambda run, i, n: started.append((run.method, run.seed)))
+    finished = []
+    table = run_study(tiny_study, out=out, jobs=2, on_run_start=lambda run, i, n: started.append((run.method, run.seed)),
+                      on_run_end=lambda run: finished.append((run.method, run.seed)))
+    assert sorted(finished) == sorted(started)
     assert started == [("teacher", 0), ("baseline", 0), ("baseline", 1), ("gkd-knn8", 0), ("gkd-knn8", 1)]
     assert [p.status for p in plan_study(tiny_study, out=out)] == ["finished"] * 5
     student_cfg = RunDir(out / "tiny" / "gkd-knn8" / "seed1").read_json(out / "tiny" / "gkd-knn8" / "seed1" / "config.json")
@@ -91,19 +94,15 @@ def test_study_trains_missing_runs_reuses_finished_ones_and_writes_the_table(tmp
     again = run_study(tiny_study, out=out, on_run_start=lambda run, i, n: started.append(run))
     assert started == [] and [r.errors for r in again.rows] == [r.errors for r in table.rows]
 
-
-@pytest.mark.slow
-def test_interrupted_study_run_is_resumed_not_restarted(tmp_path, tiny_study):
-    out = tmp_path / "runs"
-    run_study(tiny_study, out=out)
-    # Make one run look interrupted after its first epoch: drop the final model and the last epoch.
+    # A run that looks interrupted (no final model, status running) is resumed from its state, not restarted.
     run = RunDir(out / "tiny" / "baseline" / "seed1")
     final_weights = torch.load(run.model_path, weights_only=True)["state_dict"]
     run.model_path.unlink()
     run.update_meta(status="running")
     assert [p.status for p in plan_study(tiny_study, out=out)].count("partial") == 1
-    run_study(tiny_study, out=out)
-    assert run.is_finished()
+    run_study(tiny_study, out=out, on_run_start=lambda run, i, n: started.append((run.method, run.seed)))
+    assert started == [("baseline", 1)] and run.is_finished()
+    assert run.read_meta()["resumed_at_epoch"] == [2]
     resumed = torch.load(run.model_path, weights_only=True)["state_dict"]
     for key in final_weights:
         assert torch.equal(final_weights[key], resumed[key])
