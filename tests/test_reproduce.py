@@ -172,3 +172,14 @@ def test_gkd_students_end_closer_to_the_teachers_geometry_at_every_sensing_point
     for i, point in enumerate(table.sensing_points):
         assert rows["gkd"].graph_distance[i] < rows["baseline"].graph_distance[i], point
     assert table.teacher_error < 5.0  # a real teacher
+
+
+def test_time_estimate_needs_no_data_and_scales_with_epochs(tmp_path, tiny_study):
+    from geokd.reproduce import estimate_study_seconds
+
+    est = estimate_study_seconds(tiny_study, out=tmp_path, steps=2)
+    assert est["missing_runs"] == 5 and est["total_seconds"] > 0
+    assert set(est["seconds_per_step"]) == {"teacher", "student"}
+    # 2 epochs x ceil(1257 / 64) = 40 steps per run: teacher 40 steps, 4 students x 40 steps.
+    expected = 40 * est["seconds_per_step"]["teacher"] + 160 * est["seconds_per_step"]["student"]
+    assert est["total_seconds"] == pytest.approx(expected)
