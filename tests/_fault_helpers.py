@@ -5,8 +5,9 @@ build the tensor with NumPy from it, so every case is reproducible from its reci
 hypothesis can still shrink the shape and the regime.
 
 Case counts are written to pytest's cache (``.pytest_cache``) under
-``geokd/reliability/<case>`` so RELIABILITY.md can be refreshed after a run with
-``python -m tests._fault_helpers`` (prints the recorded counts).
+``geokd/reliability/<case>@<xdist worker>`` so RELIABILITY.md can be refreshed after a
+run with ``python -m tests._fault_helpers`` (prints the counts summed over workers; delete
+``.pytest_cache/v/geokd/reliability`` first so older runs are not added in).
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ def flush_counts(config, names=None) -> None:
     cache = getattr(config, "cache", None)
     if cache is None:  # run with -p no:cacheprovider
         return
+    # One key per xdist worker: workers share the cache folder and run parts of a module.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     for name, n in CASES.items():
         if names is None or name in names:
-            cache.set(f"geokd/reliability/{name}", int(n))
+            cache.set(f"geokd/reliability/{name}@{worker}", int(n))
 
 
 def _finfo(dtype: torch.dtype):
@@ -213,12 +216,12 @@ def assert_contract(fn, recipe_finite: bool, *, name: str, must_refuse_nonfinite
 def recorded_counts(cache_dir: str = ".pytest_cache") -> dict[str, int]:
     """Counts stored by the last run (``pytest`` cache, one JSON file per key)."""
     root = os.path.join(cache_dir, "v", "geokd", "reliability")
-    out = {}
+    out: Counter = Counter()
     if os.path.isdir(root):
-        for name in sorted(os.listdir(root)):
-            with open(os.path.join(root, name)) as fh:
-                out[name] = json.load(fh)
-    return out
+        for key in sorted(os.listdir(root)):
+            with open(os.path.join(root, key)) as fh:
+                out[key.split("@")[0]] += int(json.load(fh))
+    return dict(sorted(out.items()))
 
 
 if __name__ == "__main__":  # pragma: no cover
