@@ -117,11 +117,14 @@ def test_cli_analyze_figures_report_on_digits(tmp_path, digits):
         save_checkpoint(paths[name], net, model_config=model_config(net))
     out = tmp_path / "analysis"
     code = main(["analyze", paths["gkd_0"], paths["rkd_1"], "--teacher", paths["teacher"], "--dataset", "digits",
-                 "--per-class", "20", "--k", "5", "--out", str(out)])
+                 "--per-class", "20", "--k", "5", "--output-on", "nodes", "--out", str(out)])
     assert code == 0
     rows = json.loads((out / "metrics.json").read_text())
     assert {r["network"] for r in rows} == {"teacher", "gkd_0", "rkd_1"}
-    assert {r["node_set"] for r in rows} == {"digits-test-20perclass-seed0"}
+    assert {r["node_set"] for r in rows} == {"digits-test-20perclass-seed0+output-on-nodes"}
+    # The teacher's error is measured on the 200 nodes only: a multiple of 0.5 %.
+    error = [r["value"] for r in rows if r["network"] == "teacher" and r["metric"] == "test_error"][0]
+    assert (error / 0.5) == pytest.approx(round(error / 0.5))
     settings = json.loads((out / "analysis.json").read_text())
     assert len(settings["node_indices"]) == 200
     assert main(["figures", str(out), "--out", str(tmp_path / "fig")]) == 0

@@ -13,6 +13,7 @@ Example (``analysis/released_checkpoints.toml``)::
     [nodes]
     per_class = 100   # or 0 for the whole split
     seed = 0
+    output_on = "all" # output agreement on the whole split, or "nodes" (faster)
     [graph]
     k = 10
     num_eigenvectors = 10
@@ -36,7 +37,7 @@ else:  # pragma: no cover
 _ALLOWED = {
     "networks": {"teacher", "students"},
     "data": {"dataset", "split", "mean", "std"},
-    "nodes": {"per_class", "seed"},
+    "nodes": {"per_class", "seed", "output_on"},
     "graph": {"k", "num_eigenvectors", "layers", "linear_probe"},
 }
 
@@ -53,6 +54,7 @@ class Study:
     std: list[float] | None = None
     per_class: int = 100
     node_seed: int = 0
+    output_on: str = "all"
     k: int = 10
     num_eigenvectors: int = 10
     layers: list[str] | None = None
@@ -91,6 +93,7 @@ def load_study(path: str) -> Study:
         std=data.get("std"),
         per_class=nodes.get("per_class", 100),
         node_seed=nodes.get("seed", 0),
+        output_on=nodes.get("output_on", "all"),
         k=graph.get("k", 10),
         num_eigenvectors=graph.get("num_eigenvectors", 10),
         layers=graph.get("layers"),
@@ -100,4 +103,6 @@ def load_study(path: str) -> Study:
         value = getattr(study, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{path}: expected {key} as a nonnegative integer, got {value!r}")
+    if study.output_on not in ("all", "nodes"):
+        raise ConfigError(f"{path}: expected output_on = 'all' or 'nodes', got {study.output_on!r}")
     return study

@@ -7,6 +7,9 @@ import os
 import sys
 import time
 
+import numpy as np
+import torch
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -25,6 +28,9 @@ def register(subparsers) -> None:
     parser.add_argument("--split", help="split to evaluate on (default test)")
     parser.add_argument("--per-class", type=int, help="node-set size per class (default 100; 0 = whole split)")
     parser.add_argument("--node-seed", type=int, help="seed of the node set (default 0)")
+    parser.add_argument("--output-on", choices=("all", "nodes"),
+                        help="measure the output agreement and test error on the whole split (default) "
+                             "or on the node set only (one forward pass over the nodes: much faster)")
     parser.add_argument("--k", type=int, help="neighbours of the cosine k-NN graphs (default 10)")
     parser.add_argument("--layers", nargs="+", help="sensing points (default: the teacher's)")
     parser.add_argument("--mean", type=float, nargs="+", help="input normalization mean (default: dataset's)")
@@ -43,7 +49,7 @@ def _settings(args):
 
     study = load_study(args.config) if args.config else Study()
     overrides = {"teacher": args.teacher, "dataset": args.dataset, "split": args.split,
-                 "per_class": args.per_class, "node_seed": args.node_seed, "k": args.k,
+                 "per_class": args.per_class, "node_seed": args.node_seed, "output_on": args.output_on, "k": args.k,
                  "layers": args.layers, "mean": args.mean, "std": args.std, "linear_probe": args.linear_probe}
     for key, value in overrides.items():
         if value is not None:
@@ -75,6 +81,11 @@ def run(args) -> int:
     else:
         nodes = whole_set(labels)
         node_set = f"{study.dataset}-{study.split}-all"
+    if study.output_on == "nodes":
+        node_set += "+output-on-nodes"
+    images, chosen = data.images, nodes
+    if study.output_on == "nodes":
+        images, labels, nodes = images[torch.as_tensor(nodes)], labels[nodes], np.arange(nodes.size)
     mean = study.mean or list(data.mean)
     std = study.std or list(data.std)
     print(f"analyzing {len(students)} students against {teacher.name} on {nodes.size} nodes "
@@ -91,7 +102,7 @@ def run(args) -> int:
         print(f"  [{len(done)}/{len(students) + 1}] {net.name} ({time.perf_counter() - start:.0f} s)",
               file=sys.stderr)
 
-    result = analyze_networks(teacher, students, data.images, labels, node_indices=nodes, mean=mean, std=std,
+    result = analyze_networks(teacher, students, images, labels, node_indices=nodes, mean=mean, std=std,
                               layers=study.layers, k=study.k, num_eigenvectors=study.num_eigenvectors,
                               linear_probe=study.linear_probe, device=args.device, batch_size=args.batch_size,
                               node_set=node_set, on_network=report)
@@ -99,9 +110,10 @@ def run(args) -> int:
     write_heatmaps(os.path.join(args.out, "heatmaps.npz"), result.heatmaps, result.heatmap_labels)
     settings = {"teacher": study.teacher, "students": student_paths, "dataset": study.dataset,
                 "split": study.split, "mean": list(mean), "std": list(std), "node_set": node_set,
-                "per_class": study.per_class, "node_seed": study.node_seed, "k": study.k,
+                "per_class": study.per_class, "node_seed": study.node_seed, "output_on": study.output_on,
+                "k": study.k,
                 "num_eigenvectors": study.num_eigenvectors, "layers": study.layers,
-                "node_indices": nodes.tolist(), "seconds": round(time.perf_counter() - start, 1)}
+                "node_indices": chosen.tolist(), "seconds": round(time.perf_counter() - start, 1)}
     with open(os.path.join(args.out, "analysis.json"), "w") as handle:
         json.dump(settings, handle, indent=1)
     print(f"wrote {len(result.rows)} rows to {csv_path} and {json_path} in {settings['seconds']} s")
