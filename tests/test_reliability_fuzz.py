@@ -2,7 +2,7 @@
 
 Contract (issue 9): every public function either returns only finite numbers or raises
 ``ValueError``; it never crashes with another exception, never returns NaN/Inf from
-finite input, and refuses NaN/Inf input. Dtypes: float16, float32, float64, bfloat16.
+finite input, and refuses NaN/Inf input. Dtypes: float32, float64, bfloat16 (float16: below).
 Values: ordinary, zeros, 1e-2..1e2 magnitudes, small (1e-3..1e-1), constant rows, NaN
 and ±inf, mixed NaN/inf/huge. Each function gets 200 derandomized hypothesis cases,
 each registered loss 50 (reproducible in CI).
@@ -143,10 +143,12 @@ _LOSS_DTYPES = {"kdsvd": (torch.float32, torch.float64)}
 
 
 def test_every_registered_loss_is_fuzzed():
-    from geokd.losses import available_losses
+    from geokd.losses import available_losses, get_loss_class
 
-    # A newly registered loss must join the fuzz below.
-    assert sorted(available_losses()) == _ALL_LOSSES
+    # A loss newly registered by geokd.losses must join the fuzz below (losses other tests
+    # register for themselves, or methods register elsewhere, are not required here).
+    ours = sorted(n for n in available_losses() if get_loss_class(n).__module__.startswith("geokd.losses."))
+    assert ours == _ALL_LOSSES
 
 
 def _fuzz_registered_loss(loss_name):
