@@ -301,3 +301,15 @@ def test_tensor_records_are_bounds_checked(tmp_path):
     _crafted_zip(short, {"state_dict": OrderedDict(w=_TensorRecord(token, (4,), (1,)))}, b"\0" * 8)
     with pytest.raises(CheckpointError, match="storage '0' has 8 bytes, expected 16"):
         load_released_state_dict(short)
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b"j\x00\x00", b"\x80\x02}q\x00(X", b""])
+def test_load_checkpoint_refuses_non_torch_bytes_with_checkpoint_error(tmp_path, content):
+    # Regression (reliability B9): a text file starting with a pickle memo opcode made
+    # torch's weights-only loader raise KeyError instead of a CheckpointError.
+    from geokd.errors import CheckpointError
+
+    path = tmp_path / "notes.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="notes.pt"):
+        load_checkpoint(path)
