@@ -134,7 +134,7 @@ def build_report(rows: Sequence[Mapping], *, figures: Sequence[str] = (), settin
     for method in methods:
         sentences = divergence_summary(rows, method)
         if sentences:
-            parts.append(f"<li><b>{html.escape(method)}</b>: " + " ".join(sentences) + "</li>")
+            parts.append(f"<li><b>{html.escape(method)}</b>: " + " ".join(s[0].upper() + s[1:] for s in sentences) + "</li>")
     parts.append("</ul>")
     if figures:
         parts.append("<h2>Figures</h2>")

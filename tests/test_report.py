@@ -37,7 +37,7 @@ def test_report_is_self_contained(tmp_path):
     assert "http://" not in text and "https://" not in text
     for layer in ("layer1", "layer2", "pool"):
         assert f"<code>{layer}</code>" in text
-    assert "agree least with the teacher" in text
+    assert "Its blocks' k-NN votes agree least with the teacher" in text
 
 
 def test_report_without_students_still_renders():
