@@ -171,7 +171,7 @@ def test_gkd_students_end_closer_to_the_teachers_geometry_at_every_sensing_point
     path.write_text(GKD_VS_BASELINE)
     study = load_study(str(path))
     assert len(study.seeds) >= 3
-    table = run_study(study, out=tmp_path / "runs")
+    table = run_study(study, out=tmp_path / "runs", jobs=2)
     rows = {r.method: r for r in table.rows}
     assert table.sensing_points == ("layer1", "layer2", "pool")
     for i, point in enumerate(table.sensing_points):
