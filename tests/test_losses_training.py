@@ -8,10 +8,8 @@ falls, the cross-entropy falls, and test accuracy is far above chance (10 classe
 from __future__ import annotations
 
 import pytest
-import torch
 
-from geokd.train import build_parts, config_from_dict, fit, train
-from geokd.train.distributed import DistributedContext
+from geokd.train import config_from_dict, train
 
 pytestmark = pytest.mark.slow
 
@@ -44,20 +42,11 @@ def teacher_run(tmp_path_factory):
 
 
 def _distil(teacher_run, tmp_path, terms, *, widths=THIN, epochs=4):
-    """build_parts → setup(one batch's outputs) for terms that define it → fit."""
+    """The public trainer alone: it builds FitNet's regressor / AB's connectors itself (setup)."""
     cfg = _config(teacher=str(teacher_run), terms=terms,
                   model={"name": "small_cnn", "params": {"in_channels": 1, "widths": widths}},
                   schedule={"epochs": epochs, "milestones": [epochs - 1]})
-    parts, resolved = build_parts(cfg, device=torch.device("cpu"), ctx=DistributedContext())
-    x, _ = next(iter(parts.test_batches))
-    for term in parts.terms:
-        if hasattr(term.module, "setup"):
-            s_taps, t_taps = parts.term_taps.get(term.name, (None, None))
-            with torch.no_grad():
-                student = (s_taps or parts.student_taps)(x[:8])
-                teacher = (t_taps or parts.teacher_taps)(x[:8])
-            term.module.setup(student, teacher)
-    return fit(parts, resolved, run_dir=tmp_path / "run", progress=False)
+    return train(cfg, run_dir=tmp_path / "run", progress=False)
 
 
 METHODS = {

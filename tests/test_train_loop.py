@@ -197,8 +197,9 @@ def test_teacher_stays_frozen_in_eval_mode_and_terms_are_logged(tmp_path):
     assert all(m["train_cross_entropy"] > 0 for m in result.metrics)
 
 
-def test_one_step_gradient_equals_hand_computed_ce_plus_lambda_term(tmp_path):
-    """One SGD step (no momentum, no decay) moves the weights by -lr * grad(CE + lambda * term)."""
+@pytest.mark.parametrize("ce_weight", [1.0, 0.25])
+def test_one_step_gradient_equals_hand_computed_ce_plus_lambda_term(tmp_path, ce_weight):
+    """One SGD step (no momentum, no decay) moves the weights by -lr * grad(w_CE CE + lambda * term)."""
     teacher = frozen_teacher()
     lam, lr = 3.0, 0.1
     parts = make_parts(0, teacher=teacher, terms=[Term("gram", lam, GramLoss())], dropout=0.0)
@@ -215,10 +216,11 @@ def test_one_step_gradient_equals_hand_computed_ce_plus_lambda_term(tmp_path):
     out = reference.outputs(x)
     with torch.no_grad():
         t_out = teacher.outputs(x)
-    loss = F.cross_entropy(out.logits, y) + lam * GramLoss()(out, t_out, y)
+    loss = ce_weight * F.cross_entropy(out.logits, y) + lam * GramLoss()(out, t_out, y)
     grads = torch.autograd.grad(loss, list(reference.parameters()))
     expected = [p.detach() - lr * g for p, g in zip(reference.parameters(), grads)]
-    config = quick_config(optim={"lr": lr, "momentum": 0.0, "weight_decay": 0.0}, schedule={"epochs": 1, "milestones": []})
+    config = quick_config(optim={"lr": lr, "momentum": 0.0, "weight_decay": 0.0}, schedule={"epochs": 1, "milestones": []},
+                          ce_weight=ce_weight)
     result = fit(parts, config, run_dir=tmp_path / "r", progress=False)
     for p, e in zip(result.model.parameters(), expected):
         torch.testing.assert_close(p.detach(), e, rtol=1e-5, atol=1e-6)
@@ -236,6 +238,22 @@ def test_loss_parameters_are_trained_and_init_stage_skips_cross_entropy(tmp_path
     # The regressor is part of the resumable state.
     state = read_state(RunDir(tmp_path / "r").state_path)
     assert torch.equal(state["terms"][0]["regressor.weight"], hint.regressor.weight.detach())
+
+
+def test_init_only_term_leaves_after_its_initialization_stage(tmp_path):
+    # FitNet's hint / AB / FSP initialization: the term alone first, then plain training without it.
+    hint = HintLoss()
+    hint.init_epochs, hint.init_only = 1, True
+    parts = make_parts(0, teacher=frozen_teacher(), terms=[Term("hint", 1.0, hint)])
+    result = fit(parts, quick_config(), run_dir=tmp_path / "r", progress=False)
+    first, later = result.metrics[0], result.metrics[1:]
+    assert first["train_cross_entropy"] is None and first["train_terms"]["hint"] is not None
+    assert all(m["train_cross_entropy"] is not None and m["train_terms"].get("hint") is None for m in later)
+
+
+def test_negative_ce_weight_is_rejected():
+    with pytest.raises(ConfigError, match="ce_weight"):
+        quick_config(ce_weight=-0.5)
 
 
 def test_clip_to_task_gradient_scales_the_distillation_gradient(tmp_path):
@@ -402,3 +420,23 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run_bit_exactly(tmp_
     strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]  # noqa: E731
     assert strip(RunDir(tmp_path / "straight").read_metrics()) == strip(interrupted.read_metrics())
     assert interrupted.read_meta()["resumed_at_epoch"] == [2]
+
+
+def test_failed_state_write_leaves_no_temporary_and_keeps_the_old_file(tmp_path, monkeypatch):
+    # Regression (reliability B10): on ENOSPC the partial temporary used to stay on disk.
+    import errno
+
+    from geokd.train import state as state_module
+
+    target = tmp_path / "state.pt"
+    state_module.atomic_write_bytes(target, b"old")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state_module.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        state_module.atomic_write_bytes(target, b"new")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
 
 
 def _print_epoch(record: dict) -> None:
-    terms = " ".join(f"{k}={v:.4g}" for k, v in record["train_terms"].items())
+    terms = " ".join(f"{k}={v:.4g}" for k, v in record["train_terms"].items() if v is not None)
     ce = record["train_cross_entropy"]
     print(f"epoch {record['epoch']:>3}  lr {record['lr']:.4g}  ce {ce if ce is None else format(ce, '.4f')}  "
           f"{terms}  train acc {record['train_accuracy']:.2f}%  test error {record['test_error']:.2f}%  "

@@ -176,12 +176,37 @@ def build_parts(config: TrainConfig, *, device: torch.device, ctx: DistributedCo
                                device=device)
     student_taps = _taps(student, points)
     _dry_run([("student", student, student_taps), ("teacher", teacher, teacher_taps)], test_batches, config)
+    _setup_terms(terms, student_taps, teacher_taps, term_taps, test_batches, models=(student, teacher))
     parts = TrainingParts(
         student=student, student_taps=student_taps, train_batches=train_batches, test_batches=test_batches,
         generator=generator, student_points=points, teacher=teacher, teacher_taps=teacher_taps,
         teacher_points=teacher_points, terms=terms, term_taps=term_taps, model_config=model_config(student),
     )
     return parts, config
+
+
+@torch.no_grad()
+def _setup_terms(terms: list[Term], student_taps, teacher_taps, term_taps: dict, test_batches, *, models) -> None:
+    """Let terms whose parameters depend on the layers' shapes (FitNet's regressor, AB's
+    connectors) build them from one forward pass, before the optimizer collects parameters."""
+    pending = [t for t in terms if callable(getattr(t.module, "setup", None))]
+    if not pending:
+        return
+    x, _ = next(iter(test_batches))
+    x = x[:2]
+    modes = [(m, m.training) for m in models if m is not None]
+    for model, _ in modes:
+        model.eval()
+    try:
+        for term in pending:
+            s_extra, t_extra = term_taps.get(term.name, (None, None))
+            student_out = (s_extra or student_taps)(x)
+            taps = t_extra or teacher_taps
+            teacher_out = taps(x) if (taps is not None and term.needs_teacher) else None
+            term.module.setup(student_out, teacher_out)
+    finally:
+        for model, was_training in modes:
+            model.train(was_training)
 
 
 @torch.no_grad()

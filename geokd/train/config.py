@@ -134,6 +134,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: str | None = None
+    ce_weight: float = 1.0  # weight of the cross-entropy term (Hinton KD: 1 - alpha)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     terms: tuple[TermConfig, ...] = ()
@@ -348,6 +349,8 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(f"run.threads: expected a positive number of threads, got {r.threads}")
     if r.checkpoint_every < 1:
         raise ConfigError(f"run.checkpoint_every: expected at least 1, got {r.checkpoint_every}")
+    if isinstance(config.ce_weight, bool) or not isinstance(config.ce_weight, (int, float)) or not config.ce_weight >= 0:
+        raise ConfigError(f"ce_weight: expected a non-negative weight for the cross-entropy, got {config.ce_weight!r}")
     for i, term in enumerate(config.terms):
         where = f"terms[{i}] ({term.loss})"
         if not term.weight >= 0:

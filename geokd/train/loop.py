@@ -181,7 +181,7 @@ class _Stepper:
         """(CE or None, [term values], active terms) for this batch at this epoch (0-based)."""
         parts, ctx = self.parts, self.ctx
         init_terms = [t for t in parts.terms if t.init_epochs > epoch]
-        active = init_terms or [t for t in parts.terms]
+        active = init_terms or [t for t in parts.terms if not getattr(t.module, "init_only", False)]
         with _autocast(self.device, self.config.run.amp):
             student = parts.student_taps(x)
             teacher = None
@@ -216,10 +216,11 @@ class _Stepper:
         ce_f = ce.float() if ce is not None else None
         if self.sync_each_step:
             self._check_finite(ce_f, values, active, epoch=epoch, step=step)
-        total = sum(plain, ce_f if ce_f is not None else torch.zeros((), device=self.device))
-        if clipped and ce_f is not None:
+        task = None if ce_f is None else (ce_f if self.config.ce_weight == 1 else self.config.ce_weight * ce_f)
+        total = sum(plain, task if task is not None else torch.zeros((), device=self.device))
+        if clipped and task is not None:
             # The distillation gradient may not outweigh the task gradient (KD-SVD, IEP).
-            g_task = torch.autograd.grad(ce_f, self.params, retain_graph=True, allow_unused=True)
+            g_task = torch.autograd.grad(task, self.params, retain_graph=True, allow_unused=True)
             g_dist = torch.autograd.grad(sum(clipped), self.params, retain_graph=True, allow_unused=True)
             scale = torch.clamp(_grad_norm(g_task) / (_grad_norm(g_dist) + 1e-12), max=1.0)
             total.backward()
@@ -386,6 +387,7 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
                 term.module.train()
             sums = torch.zeros(2 + len(names), dtype=torch.float64, device=device)  # ce, correct, terms
             seen, steps, skipped = 0, 0, 0
+            ran = set()  # names of the terms active this epoch (init-only terms leave after their stage)
             batches = parts.train_batches
             if progress:
                 from tqdm.auto import tqdm
@@ -408,6 +410,7 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
                     sums[1] += (logits.argmax(1) == y).sum()
                     for term, v in zip(active, values):
                         sums[2 + names.index(term.name)] += v.detach().double() * n
+                        ran.add(term.name)
                 if progress and steps % 10 == 0:
                     batches.set_postfix(loss=f"{sums[0].item() / max(seen, 1):.3f}",
                                         acc=f"{100 * sums[1].item() / max(seen, 1):.1f}")
@@ -428,7 +431,7 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
                 "epoch": epoch + 1,
                 "lr": lr,
                 "train_cross_entropy": totals[0] if epoch >= max([t.init_epochs for t in parts.terms] or [0]) else None,
-                "train_terms": dict(zip(names, totals[2:])),
+                "train_terms": {n: (v if n in ran else None) for n, v in zip(names, totals[2:])},
                 "train_accuracy": 100.0 * totals[1],
                 "test_error": test_error,
                 "seconds": train_seconds,
@@ -499,4 +502,5 @@ def _log_tensorboard(writer, record: dict[str, Any]) -> None:
         if record.get(key) is not None:
             writer.add_scalar(key, record[key], step)
     for name, value in record["train_terms"].items():
-        writer.add_scalar(f"terms/{name}", value, step)
+        if value is not None:
+            writer.add_scalar(f"terms/{name}", value, step)
