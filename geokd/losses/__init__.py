@@ -18,3 +18,10 @@ from geokd.losses.gkd import GKDLoss, gkd_loss  # noqa: E402
 from geokd.losses.rkd import RKDAngleLoss, RKDDistanceLoss, RKDLoss, rkd_angle_loss, rkd_distance_loss  # noqa: E402
 
 __all__ += ["GKDLoss", "gkd_loss", "RKDAngleLoss", "RKDDistanceLoss", "RKDLoss", "rkd_angle_loss", "rkd_distance_loss"]
+
+# Whole systems whose machinery lives in geokd.methods, usable as terms by name too.
+from geokd.methods.iep import IEPLoss  # noqa: E402
+from geokd.methods.mhgd import MHGDLoss  # noqa: E402
+
+register_loss("iep")(IEPLoss)
+register_loss("mhgd")(MHGDLoss)
