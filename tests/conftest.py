@@ -3,8 +3,9 @@ import os
 import pytest
 import torch
 
-# Reproducible and not oversubscribed on the 2-core machines this runs on.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Not oversubscribed on the 2-core machines this runs on: under pytest-xdist (`-n 2`) each
+# worker already has a core, and two threads per worker made small convolutions ~10x slower.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 
