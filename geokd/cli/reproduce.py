@@ -24,6 +24,9 @@ def register(subparsers) -> None:
                         help="students trained at once on CPU (default: the number of cores, at most 2; 1 on CUDA)")
     parser.add_argument("--plan", action="store_true", help="only list the runs and their status")
     parser.add_argument("--yes", action="store_true", help="do not wait after printing the time estimate")
+    parser.add_argument("--no-figures", dest="figures", action="store_false",
+                        help="skip the closing analysis (per-layer GSP metrics of every student vs the teacher "
+                             "on the whole test split) and its figures in <out>/<study>/figures")
     parser.set_defaults(handler=run)
 
 
@@ -68,4 +71,23 @@ def run(args) -> int:
     print(table.markdown())
     print(f"written: {os.path.join(args.out, study.name, 'table.md')} and table.csv "
           f"({time.perf_counter() - t0:.0f} s, {jobs} job{'s' if jobs > 1 else ''})")
+    if args.figures:
+        _analyze_and_draw(planned, study_dir=os.path.join(args.out, study.name),
+                          dataset=study.teacher_config().data.name, device=args.device)
     return 0
+
+
+def _analyze_and_draw(planned, *, study_dir: str, dataset: str, device: str) -> None:
+    """The study's closing figures: the same two steps a user runs by hand, so that the
+    figures can be redrawn (or the analysis rerun with other options) from the saved runs:
+    geokd analyze <students> --teacher <teacher run> --per-class 0, then geokd figures."""
+    from geokd.cli import analyze, figures
+
+    teacher = next(str(p.run_dir) for p in planned if p.method == "teacher")
+    students = [str(p.run_dir) for p in planned if p.method != "teacher"]
+    out = os.path.join(study_dir, "analysis")
+    options = dict(networks=students, config=None, teacher=teacher, dataset=dataset, split="test", per_class=0,
+                   node_seed=None, output_on=None, k=None, layers=None, mean=None, std=None, linear_probe=None,
+                   device=device, batch_size=500, out=out)
+    analyze.run(argparse.Namespace(**options))
+    figures.run(argparse.Namespace(directories=[out], out=os.path.join(study_dir, "figures")))
