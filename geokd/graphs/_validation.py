@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from geokd.graphs._numerics import HALF
+
 
 def _prefix(where: str | None) -> str:
     return f"{where}: " if where else ""
@@ -37,7 +39,10 @@ def check_activations(x, *, where: str | None = None, min_batch: int = 2) -> tor
     # several passes, noticeable next to the GKD loss itself). A non-finite sum of finite
     # values (overflow) is rechecked elementwise.
     with torch.no_grad():
-        if not bool(torch.isfinite(flat.sum())):
+        # float32 accumulation for half precision: a float16 sum overflows at 65504 and
+        # would send every ordinary batch down the slow elementwise path.
+        total = flat.sum(dtype=torch.float32) if flat.dtype in HALF else flat.sum()
+        if not bool(torch.isfinite(total)):
             finite_rows = torch.isfinite(flat).all(dim=1)
             if not bool(finite_rows.all()):
                 bad = int((~finite_rows).sum())
@@ -54,6 +59,15 @@ def check_square(a, *, where: str | None = None) -> None:
         raise ValueError(f"{p}expected a square adjacency (N, N), got shape {tuple(a.shape)}")
     if not a.is_floating_point():
         raise ValueError(f"{p}expected a floating-point adjacency, got dtype {a.dtype}")
+
+
+def check_finite_graph(a: torch.Tensor, *, where: str | None = None) -> None:
+    """Only finite entries in a graph (a NaN degree or k-NN score would spread silently)."""
+    with torch.no_grad():
+        finite = torch.isfinite(a)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise ValueError(f"{_prefix(where)}expected a finite adjacency, got NaN/Inf in {bad} of {a.numel()} entries")
 
 
 def check_k(k, batch_size: int, *, where: str | None = None) -> None:

@@ -1,4 +1,10 @@
-"""Dense, differentiable graphs of one batch (the GKD latent geometry graphs)."""
+"""Dense, differentiable graphs of one batch (the GKD latent geometry graphs).
+
+Half-precision activations are turned into graphs in float32 (see
+:mod:`geokd.graphs._numerics`) and the final graph is cast back; a graph whose values
+do not fit the activations' dtype (e.g. a high power of a dot-product graph in float16)
+is refused with ``ValueError``.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,11 @@ from typing import NamedTuple
 
 import torch
 
-from geokd.graphs._validation import check_activations, check_labels, check_pair_batch
-from geokd.graphs._validation import check_k
+from geokd.graphs._numerics import fit_dtype, full_precision, working
+from geokd.graphs._validation import check_activations, check_k, check_labels, check_pair_batch
 from geokd.graphs.kernels import _similarity
-from geokd.graphs.masks import graph_power, knn_mask, task_mask
-from geokd.graphs.normalize import normalize
+from geokd.graphs.masks import _knn_mask, graph_power, task_mask
+from geokd.graphs.normalize import _normalize
 from geokd.graphs.spec import GraphSpec
 
 _PAPER = GraphSpec()
@@ -74,12 +80,26 @@ def batch_graph(x: torch.Tensor, *, spec: GraphSpec = _PAPER, labels: torch.Tens
     """
     if not isinstance(spec, GraphSpec):
         raise ValueError(f"expected spec to be a GraphSpec, got {type(spec).__name__}")
-    return _batch_graph(check_activations(x, where=where), spec=spec, labels=labels, mask=mask,
-                        num_classes=num_classes, where=where)
+    flat = check_activations(x, where=where)
+    with full_precision(flat):
+        graph, knn = _batch_graph(working(flat), spec=spec, labels=labels, mask=mask, num_classes=num_classes,
+                                  where=where)
+        return BatchGraph(_fit(graph, flat, spec, where), None if knn is None else knn.to(flat.dtype))
 
 
-def _batch_graph(flat: torch.Tensor, *, spec: GraphSpec, labels, mask, num_classes, where) -> BatchGraph:
-    """:func:`batch_graph` of already validated, flattened rows."""
+def _fit(graph: torch.Tensor, flat: torch.Tensor, spec: GraphSpec, where) -> torch.Tensor:
+    return fit_dtype(graph, flat.dtype, what=f"graph {spec.name!r} values", where=where, inputs=flat,
+                     hint="compute the graph in float32 (or use a normalized cosine graph)")
+
+
+def _batch_graph(flat: torch.Tensor, *, spec: GraphSpec, labels, mask, num_classes, where,
+                 checked: bool = True) -> BatchGraph:
+    """:func:`batch_graph` of already validated, flattened float32/float64 rows, in their dtype.
+
+    ``checked=False`` leaves out the intermediate range checks (and the rescaled retries
+    they trigger): an overflow then shows as NaN/Inf in the graph, which the caller must
+    check (the GKD loss checks its total and recomputes with ``checked=True``).
+    """
     b = flat.shape[0]
     if spec.k is not None and mask is None:
         check_k(spec.k, b, where=where)
@@ -93,22 +113,29 @@ def _batch_graph(flat: torch.Tensor, *, spec: GraphSpec, labels, mask, num_class
         labels = check_labels(labels, b, num_classes=num_classes, device=flat.device, where=where)
         tmask = task_mask(labels, task=spec.task, dtype=flat.dtype, where=where)
 
-    sim = _similarity(flat, kernel=spec.kernel, sigma=spec.sigma, clamp_negative=spec.clamp_negative)
-    graph = normalize(sim, mode=spec.normalization, where=where)
+    sim = _similarity(flat, kernel=spec.kernel, sigma=spec.sigma, clamp_negative=spec.clamp_negative, where=where,
+                      checked=checked)
+    graph = _normalize(sim, mode=spec.normalization, where=where, checked=checked)
     if tmask is not None:
         graph = graph * tmask
     if mask is None and spec.k is not None:
-        mask = knn_mask(graph, k=spec.k, where=where)
+        mask = _knn_mask(graph, k=spec.k)
     if mask is not None:
         mask = mask.to(device=graph.device, dtype=graph.dtype)
     if spec.renormalize:
         masked = sim if tmask is None else sim * tmask
         if mask is not None:
             masked = masked * mask
-        graph = normalize(masked, mode=spec.normalization, where=where)
+        graph = _normalize(masked, mode=spec.normalization, where=where, checked=checked)
     elif mask is not None:
         graph = graph * mask
-    return BatchGraph(graph_power(graph, power=spec.power), mask)
+    if spec.power > 1:
+        graph = graph_power(graph, power=spec.power)
+        if checked and not bool(torch.isfinite(graph).all()):
+            raise ValueError(f"{where + ': ' if where else ''}the power {spec.power} of graph {spec.name!r} "
+                             f"overflows {graph.dtype}: its entries are too large (an unnormalized or "
+                             "dot-product graph?)")
+    return BatchGraph(graph, mask)
 
 
 def graph_pair(student_x: torch.Tensor, teacher_x: torch.Tensor, *, spec: GraphSpec = _PAPER,
@@ -140,10 +167,20 @@ def graph_pair(student_x: torch.Tensor, teacher_x: torch.Tensor, *, spec: GraphS
     tag = where or "layer"
     s_flat = check_activations(student_x, where=f"{tag} (student)")
     t_flat = check_activations(teacher_x, where=f"{tag} (teacher)")
-    check_pair_batch(s_flat, t_flat, where=tag)
+    with full_precision(s_flat):
+        a_s, a_t = _graph_pair(s_flat, t_flat, spec=spec, labels=labels, num_classes=num_classes, where=tag)
+        return (_fit(a_s, s_flat, spec, f"{tag} (student)"), _fit(a_t, t_flat, spec, f"{tag} (teacher)"))
+
+
+def _graph_pair(s_flat: torch.Tensor, t_flat: torch.Tensor, *, spec: GraphSpec, labels, num_classes,
+                where: str, checked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`graph_pair` of validated, flattened rows, in the working precision (float32
+    for half precision): the GKD loss sums squares of these without casting down.
+    ``checked`` as in :func:`_batch_graph`."""
+    check_pair_batch(s_flat, t_flat, where=where)
     with torch.no_grad():
-        teacher = _batch_graph(t_flat.detach(), spec=spec, labels=labels, mask=None, num_classes=num_classes,
-                               where=f"{tag} (teacher)")
-    student = _batch_graph(s_flat, spec=spec, labels=labels, mask=teacher.knn_mask, num_classes=num_classes,
-                           where=f"{tag} (student)")
+        teacher = _batch_graph(working(t_flat.detach()), spec=spec, labels=labels, mask=None,
+                               num_classes=num_classes, where=f"{where} (teacher)", checked=checked)
+    student = _batch_graph(working(s_flat), spec=spec, labels=labels, mask=teacher.knn_mask,
+                           num_classes=num_classes, where=f"{where} (student)", checked=checked)
     return student.adjacency, teacher.adjacency

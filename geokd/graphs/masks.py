@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from geokd.graphs._validation import check_k, check_labels, check_square
+from geokd.graphs._validation import check_finite_graph, check_k, check_labels, check_square
 
 TASKS = ("all", "intra", "inter")
 
@@ -22,6 +22,8 @@ def knn_mask(a: torch.Tensor, *, k: int, where: str | None = None) -> torch.Tens
         ``(N, N)`` graph (e.g. the teacher's normalized, task-masked graph).
     k : int
         Neighbours per row, ``1 <= k < N`` (``k = N - 1`` keeps every edge).
+    where : str, optional
+        Prefix for error messages.
 
     Returns
     -------
@@ -42,6 +44,13 @@ def knn_mask(a: torch.Tensor, *, k: int, where: str | None = None) -> torch.Tens
     """
     check_square(a, where=where)
     check_k(k, a.shape[0], where=where)
+    # A NaN/-inf score could tie with the masked diagonal and give a node a self-loop.
+    check_finite_graph(a, where=where)
+    return _knn_mask(a, k=k)
+
+
+def _knn_mask(a: torch.Tensor, *, k: int) -> torch.Tensor:
+    """:func:`knn_mask` of a validated, finite graph."""
     with torch.no_grad():
         eye = torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
         scores = a.detach().masked_fill(eye, float("-inf"))

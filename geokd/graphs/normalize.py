@@ -4,6 +4,13 @@ Degree policy: a node whose degree is <= 0 (an all-zero row, or negative cosines
 outweigh the positive ones) gets ``D^-1/2 = 0`` (``D^-1 = 0`` for ``rw``), so its row and
 column of the normalized graph are 0 instead of inf/NaN. This matches PyGSP, which gives
 disconnected nodes a zero inverse degree.
+
+Range policy: NaN/Inf graphs are refused. Half-precision graphs are normalized in
+float32 and cast back. The normalization is scale-free, so when the degrees overflow
+(huge weights) or a tiny positive degree makes ``D^-1`` infinite, the graph and its
+degrees are divided by one power of two and normalized again; a result that still does
+not fit the dtype (a degree cancelled to nearly 0 beside large weights) raises
+``ValueError``.
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from geokd.graphs._validation import check_square
+from geokd.graphs._numerics import fit_dtype, full_precision, pow2_scale, working
+from geokd.graphs._validation import check_finite_graph, check_square
 
 NORMALIZATIONS = ("sym", "rw", "none")
 
@@ -55,14 +63,60 @@ def normalize(a: torch.Tensor, *, mode: str = "sym", degrees: torch.Tensor | Non
     check_square(a, where=where)
     if mode not in NORMALIZATIONS:
         raise ValueError(f"expected normalization mode in {NORMALIZATIONS}, got {mode!r}")
+    check_finite_graph(a, where=where)
+    if degrees is not None:
+        p = f"{where}: " if where else ""
+        if not isinstance(degrees, torch.Tensor) or tuple(degrees.shape) != (a.shape[0],):
+            got = tuple(degrees.shape) if isinstance(degrees, torch.Tensor) else type(degrees).__name__
+            raise ValueError(f"{p}expected degrees of shape ({a.shape[0]},), got {got}")
+        if not bool(torch.isfinite(degrees).all()):
+            raise ValueError(f"{p}expected finite degrees, got NaN/Inf")
     if mode == "none":
         return a
-    deg = a.sum(dim=1) if degrees is None else degrees
+    with full_precision(a):
+        out = _normalize(working(a), mode=mode, degrees=None if degrees is None else working(degrees), where=where)
+        return fit_dtype(out, a.dtype, what=f"{mode}-normalized graph values", where=where,
+                         hint="a degree is too close to 0 for this dtype; normalize in float32")
+
+
+def _by_degrees(a: torch.Tensor, deg: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "sym":
         inv_sqrt = _safe_inverse_power(deg, -0.5)
         # One symmetric factor (products commute) keeps a symmetric A exactly symmetric.
         return a * (inv_sqrt.unsqueeze(1) * inv_sqrt.unsqueeze(0))
     return _safe_inverse_power(deg, -1.0).unsqueeze(1) * a
+
+
+def _normalize(a: torch.Tensor, *, mode: str, degrees: torch.Tensor | None = None,
+               where: str | None = None, checked: bool = True) -> torch.Tensor:
+    """:func:`normalize` of a validated, finite float32/float64 graph, autocast off.
+
+    ``checked=False`` skips the range check and its retry: an overflow then shows as
+    NaN/Inf in the result (the GKD loss checks its total once and recomputes with checks
+    only if that is not finite).
+    """
+    if mode == "none":
+        return a
+    deg = a.sum(dim=1) if degrees is None else degrees
+    out = _by_degrees(a, deg, mode)
+    if not checked:
+        return out
+    # One cheap (N, N) check: an infinite degree would silently zero its row (D^-1/2 = 0).
+    with torch.no_grad():
+        in_range = bool(torch.isfinite(deg.sum() + out.sum()))
+    if not in_range:
+        if degrees is None:
+            a = a / pow2_scale(a)
+            deg = a.sum(dim=1)
+        else:
+            scale = pow2_scale(torch.stack([a.abs().amax(), deg.abs().amax()]))
+            a, deg = a / scale, deg / scale
+        out = _by_degrees(a, deg, mode)
+        if not bool(torch.isfinite(out).all()):
+            p = f"{where}: " if where else ""
+            raise ValueError(f"{p}the {mode}-normalized graph overflows {a.dtype}: a degree is too close "
+                             "to 0 for the weights beside it (negative weights cancelling positive ones)")
+    return out
 
 
 def _as_float64_square(w):

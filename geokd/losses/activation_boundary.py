@@ -21,6 +21,11 @@ from taps ending in ``":input"`` on the ReLU modules (``teacher_taps=`` and
 
 The connectors are parameters of this loss: the trainer adds ``loss.parameters()`` to the
 optimizer. Pass ``student_channels=`` / ``teacher_channels=`` or call :meth:`setup` once.
+
+Precision: the hinge is summed in float32 for float16/bfloat16 responses (the loss is
+float32). If a connector's response is not finite (activations too large for the batch
+norm's statistics in their dtype), ``ValueError`` names the layer and the connector's
+running statistics are left as they were before the refused batch.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from geokd.graphs._numerics import describe_peak, full_precision, working
 from geokd.losses._util import (
     DistillationTerm,
     check_feature_pair,
@@ -61,9 +67,11 @@ def boundary_hinge(student_response: torch.Tensor, teacher_response: torch.Tenso
             f"activation_boundary: connector output {tuple(student_response.shape)} does not match the "
             f"teacher response {tuple(teacher_response.shape)}"
         )
-    active = (teacher_response.detach() > 0).to(student_response.dtype)
-    hinge = active * torch.relu(mu - student_response) + (1 - active) * torch.relu(mu + student_response)
-    return hinge.pow(2).sum() / student_response.shape[0]
+    with full_precision(student_response):
+        s = working(student_response)
+        active = (teacher_response.detach() > 0).to(s.dtype)
+        hinge = active * torch.relu(mu - s) + (1 - active) * torch.relu(mu + s)
+        return hinge.pow(2).sum() / s.shape[0]
 
 
 def connector(student_channels: int, teacher_channels: int) -> nn.Sequential:
@@ -177,7 +185,7 @@ class ActivationBoundary(DistillationTerm):
                 "rebuild with setup()"
             )
         labels_of = describe_layers(chosen, self.student_taps)
-        total = student.features[chosen[0]].new_zeros(())
+        total = None
         for where, i, link, w in zip(labels_of, chosen, self.connectors, stage_weights(len(chosen))):
             s, t = student.features[i], teacher.features[i]
             check_feature_pair("activation_boundary", where, s, t, spatial=True)
@@ -191,11 +199,36 @@ class ActivationBoundary(DistillationTerm):
                     f"activation_boundary: {where}: connector maps {link[0].in_channels} -> {link[0].out_channels} "
                     f"channels but the student has {s.shape[1]} and the teacher {t.shape[1]}"
                 )
-            total = total + w * boundary_hinge(link(s), t, margin=self.margin)
+            saved = _running_stats(link)
+            term = boundary_hinge(link(s), t, margin=self.margin)
+            if not bool(torch.isfinite(term)):
+                _restore_running_stats(link, saved)
+                raise ValueError(
+                    f"activation_boundary: {where}: the connector's response is not finite in {s.dtype}: the "
+                    f"student activations are too large ({describe_peak(s)}); rescale the features"
+                )
+            total = w * term if total is None else total + w * term
         return total
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, layers={self.layers}, init_epochs={self.init_epochs}, init_only={self.init_only}"
+
+
+def _running_stats(link: nn.Sequential) -> list[torch.Tensor] | None:
+    # Copies of the batch norm's running statistics (C values each), so a refused batch
+    # does not leave NaN statistics behind.
+    bn = link[1]
+    if not (bn.training and bn.track_running_stats and bn.running_mean is not None):
+        return None
+    return [bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()]
+
+
+def _restore_running_stats(link: nn.Sequential, saved: list[torch.Tensor] | None) -> None:
+    if saved is not None:
+        bn = link[1]
+        with torch.no_grad():
+            for buffer, value in zip((bn.running_mean, bn.running_var, bn.num_batches_tracked), saved):
+                buffer.copy_(value)
 
 
 def _build_connectors(student_channels: list[int], teacher_channels: list[int]) -> nn.ModuleList:

@@ -12,6 +12,10 @@ the mean taken over the batch and the :math:`H W` positions, :math:`\beta = 1000
 ``beta=500`` to reproduce its scale exactly.) Channel counts may differ between student
 and teacher; spatial sizes must agree, or, with ``resize="pool"``, the larger map is
 average-pooled to the smaller (as in the CRD reference implementations).
+
+Precision: :math:`q` is scale-free per map, so half-precision maps are handled in float32
+(the term is float32) and a map whose powers over- or underflow is divided by a power of
+two first (exact): the term is finite for every finite input.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from geokd.graphs._numerics import full_precision, pow2_scale, squared_norms_in_range, working
 from geokd.losses._util import (
     DistillationTerm,
     check_feature_pair,
@@ -48,7 +53,8 @@ def attention_map(features: torch.Tensor, *, p: float = 2.0) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        ``(B, H·W)`` rows of unit L2 norm (an all-zero map gives a zero row).
+        ``(B, H·W)`` rows of unit L2 norm (an all-zero map gives a zero row), float32 for
+        float16/bfloat16 maps.
 
     Examples
     --------
@@ -59,8 +65,23 @@ def attention_map(features: torch.Tensor, *, p: float = 2.0) -> torch.Tensor:
     if features.ndim != 4:
         raise ValueError(f"attention_map: expected (B, C, H, W) features, got {tuple(features.shape)}")
     check_positive("p", p)
-    energy = features.abs().pow(p).mean(dim=1).flatten(1)
-    return F.normalize(energy, p=2.0, dim=1)
+    with full_precision(features):
+        work = working(features)
+        energy = _energy(work, p)
+        sq = energy.square().sum(dim=1)
+        # |A|^p over/underflows for large p or |A| (float32: |A| > 1e19 for p = 2); the map
+        # is scale-free, so such inputs are divided by a power of two and redone. An
+        # all-zero map also lands here (harmless: it stays zero).
+        if not squared_norms_in_range(sq):
+            energy = _energy(work / pow2_scale(work, dim=(1, 2, 3)), p)
+            sq = energy.square().sum(dim=1)
+        positive = sq > 0
+        inv_norm = torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).rsqrt(), torch.zeros_like(sq))
+        return energy * inv_norm.unsqueeze(1)
+
+
+def _energy(maps: torch.Tensor, p: float) -> torch.Tensor:
+    return maps.abs().pow(p).mean(dim=1).flatten(1)
 
 
 def attention_transfer_loss(
@@ -102,7 +123,7 @@ def attention_transfer_loss(
             f"attention: expected the same positive number of student and teacher maps, "
             f"got {len(student_feats)} and {len(teacher_feats)}"
         )
-    total = student_feats[0].new_zeros(())
+    total = None
     for i, (s, t) in enumerate(zip(student_feats, teacher_feats)):
         where = labels[i] if labels is not None else f"layer {i}"
         check_feature_pair("attention", where, s, t, spatial=True)
@@ -117,7 +138,8 @@ def attention_transfer_loss(
             size = (min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1]))
             s, t = pool_to(s, size, mode="avg"), pool_to(t, size, mode="avg")
         diff = attention_map(s, p=p) - attention_map(t, p=p)
-        total = total + diff.pow(2).mean()
+        term = diff.pow(2).mean()
+        total = term if total is None else total + term
     return beta * total
 
 

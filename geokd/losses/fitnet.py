@@ -20,6 +20,11 @@ The regressor's shape depends on the networks: pass ``student_channels=`` and
 ``teacher_channels=`` (and ``kernel_size=``), or build the term without them and call
 :meth:`FitNet.setup` once with one forward pass's outputs (the trainer does so before
 creating the optimizer), or use :meth:`FitNet.from_outputs`.
+
+Precision: the squared error is summed in float32 for float16/bfloat16 features (the
+loss is float32). The hint loss is not scale-free: if it still overflows (float32
+activations beyond ~1e19, or a regressor output beyond the dtype), ``ValueError`` names
+the layer.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from geokd.graphs._numerics import describe_peak, full_precision, working
 from geokd.losses._util import (
     DistillationTerm,
     check_feature_pair,
@@ -37,8 +43,11 @@ from geokd.losses._util import (
 from geokd.losses.registry import register_loss
 
 
-def fitnet_loss(regressed: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
+def fitnet_loss(regressed: torch.Tensor, hint: torch.Tensor, *, where: str = "hint layer") -> torch.Tensor:
     r""":math:`\tfrac12\|u_T - r(v_S)\|^2`, summed per input and averaged over the batch.
+
+    ``ValueError`` (naming ``where``) if the loss is not finite: the activations or the
+    regressor's output are too large for their dtype.
 
     Examples
     --------
@@ -50,7 +59,15 @@ def fitnet_loss(regressed: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
             f"fitnet: regressed student features {tuple(regressed.shape)} do not match "
             f"the teacher hint {tuple(hint.shape)}"
         )
-    return 0.5 * (hint.detach() - regressed).pow(2).sum() / hint.shape[0]
+    with full_precision(regressed):
+        loss = 0.5 * (working(hint.detach()) - working(regressed)).pow(2).sum() / hint.shape[0]
+    if not bool(torch.isfinite(loss)):
+        raise ValueError(
+            f"fitnet: {where}: the hint loss overflows {loss.dtype}: the activations are too large "
+            f"(regressed student {describe_peak(regressed)}, teacher hint {describe_peak(hint)}); "
+            "FitNet is not scale-free, rescale the features"
+        )
+    return loss
 
 
 @register_loss("fitnet")
@@ -155,7 +172,7 @@ class FitNet(DistillationTerm):
                 f"{tuple(s.shape[1:])} to {tuple(regressed.shape[1:])} but the teacher hint is "
                 f"{tuple(t.shape[1:])}; rebuild it with setup()"
             )
-        return fitnet_loss(regressed, t)
+        return fitnet_loss(regressed, t, where=layer_name(index, self.student_taps))
 
     def _hint_pair(self, student, teacher):
         n_s, n_t = len(student.features), len(teacher.features)

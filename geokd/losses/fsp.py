@@ -15,6 +15,11 @@ have the same channel counts at every compared layer (the FSP matrices are compa
 entry by entry). The reference implementation halves the squared norm and scales by
 ``1e-3``: a term weight of ``5e-4`` reproduces its scale. The paper trains with this term
 alone first (``init_epochs=N, init_only=True``), then on the task.
+
+Precision: the FSP matrices and the term are computed in float32 for float16/bfloat16
+maps (a float16 product of activations of a few hundred overflows). FSP is not
+scale-free: if a layer pair's term still overflows (float32 activations beyond ~1e19),
+``ValueError`` names the pair.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
+from geokd.graphs._numerics import describe_peak, full_precision, working
 from geokd.losses._util import (
     DistillationTerm,
     as_maps,
@@ -48,6 +54,11 @@ def fsp_matrix(first: torch.Tensor, second: torch.Tensor, *, pool: str = "max") 
     pool : {"max", "avg"}
         Pooling used to equalize sizes.
 
+    Returns
+    -------
+    torch.Tensor
+        ``(B, C₁, C₂)``, float32 for float16/bfloat16 maps.
+
     Examples
     --------
     >>> f = torch.ones(1, 2, 3, 3)
@@ -61,9 +72,10 @@ def fsp_matrix(first: torch.Tensor, second: torch.Tensor, *, pool: str = "max") 
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"fsp: the two maps hold {a.shape[0]} and {b.shape[0]} inputs")
     size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
-    a, b = pool_to(a, size, mode=pool), pool_to(b, size, mode=pool)
-    hw = size[0] * size[1]
-    return torch.bmm(a.flatten(2), b.flatten(2).transpose(1, 2)) / hw
+    with full_precision(a):
+        a, b = working(pool_to(a, size, mode=pool)), working(pool_to(b, size, mode=pool))
+        hw = size[0] * size[1]
+        return torch.bmm(a.flatten(2), b.flatten(2).transpose(1, 2)) / hw
 
 
 def fsp_loss(
@@ -99,12 +111,19 @@ def fsp_loss(
                 f"fsp: {where}: student has {s.shape[1]} channels but teacher has {t.shape[1]}; "
                 "FSP matrices are compared entry by entry, so channel counts must match"
             )
-    total = student_feats[0].new_zeros(())
+    total = None
     for i in range(len(student_feats) - 1):
         g_s = fsp_matrix(student_feats[i], student_feats[i + 1], pool=pool)
         with torch.no_grad():
             g_t = fsp_matrix(teacher_feats[i].detach(), teacher_feats[i + 1].detach(), pool=pool)
-        total = total + (g_t - g_s).pow(2).sum(dim=(1, 2)).mean()
+        term = (g_t - g_s).pow(2).sum(dim=(1, 2)).mean()
+        if not bool(torch.isfinite(term)):
+            pair = (student_feats[i], student_feats[i + 1], teacher_feats[i], teacher_feats[i + 1])
+            raise ValueError(
+                f"fsp: {labels[i]} -> {labels[i + 1]}: the FSP term overflows {term.dtype}: the activations "
+                f"are too large ({describe_peak(*pair)}); FSP is not scale-free, rescale the features"
+            )
+        total = term if total is None else total + term
     return total
 
 

@@ -3,6 +3,11 @@
 Per sensing point, the student's latent geometry graph should match the teacher's:
 ``L = (1/|Λ|) Σ_ℓ Σ_ij [(Â_T^ℓ)^p_ij - (Â_S^ℓ)^p_ij]^2`` — a *sum* over the ``B^2`` entries,
 averaged over layers (the released reduction). The weight λ belongs to the caller.
+
+Half-precision activations give a float32 loss (graphs and squares are computed in
+float32: a float16 sum of ``B^2`` squares overflows easily); a loss that overflows its
+dtype (huge entries of an unnormalized or dot-product graph) raises ``ValueError``
+naming the layer.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from geokd.graphs._validation import as_layer_list, check_labels, check_layer_pair
-from geokd.graphs.batch import graph_pair
+from geokd.graphs._numerics import full_precision
+from geokd.graphs._validation import as_layer_list, check_activations, check_labels, check_layer_pair
+from geokd.graphs.batch import _graph_pair
 from geokd.graphs.spec import GraphSpec
 from geokd.losses.registry import register_loss
 from geokd.models.outputs import ModelOutputs
@@ -86,13 +92,33 @@ def gkd_loss(student_feats: Sequence[torch.Tensor] | torch.Tensor,
         raise ValueError(f"expected {len(student)} layer names, got {len(layer_names)}")
     if spec.task != "all" and labels is None:
         raise ValueError(f"task={spec.task!r} needs class labels, got labels=None")
-    total = None
-    for index, (s, t) in enumerate(zip(student, teacher)):
-        where = f"layer {index}" if layer_names is None else f"layer {index} ({layer_names[index]!r})"
-        a_s, a_t = graph_pair(s, t, spec=spec, labels=labels, num_classes=num_classes, where=where)
-        term = (a_t - a_s).pow(2).sum()
-        total = term if total is None else total + term
+    wheres = [f"layer {i}" if layer_names is None else f"layer {i} ({layer_names[i]!r})" for i in range(len(student))]
+    # Fast path without intermediate range checks; a single check of the total (one device
+    # sync) sends the rare out-of-range batch through the checked path, which rescales
+    # what is scale-free and names the layer of what is not.
+    total = _total(student, teacher, wheres, spec=spec, labels=labels, num_classes=num_classes, checked=False)
+    if not bool(torch.isfinite(total)):
+        total = _total(student, teacher, wheres, spec=spec, labels=labels, num_classes=num_classes, checked=True)
     return total / len(student)
+
+
+def _total(student, teacher, wheres, *, spec, labels, num_classes, checked: bool) -> torch.Tensor:
+    total = None
+    for where, s, t in zip(wheres, student, teacher):
+        # Validated right before use: the graph then reads activations the check just cached.
+        s_flat = check_activations(s, where=f"{where} (student)")
+        t_flat = check_activations(t, where=f"{where} (teacher)")
+        with full_precision(s_flat):
+            a_s, a_t = _graph_pair(s_flat, t_flat, spec=spec, labels=labels, num_classes=num_classes, where=where,
+                                   checked=checked)
+            term = (a_t - a_s).pow(2).sum()
+        if checked and not bool(torch.isfinite(term)):
+            raise ValueError(f"{where}: the GKD term overflows {term.dtype}: the graphs' entries are too large "
+                             "(an unnormalized or dot-product graph of huge activations?)")
+        total = term if total is None else total + term
+    if checked and not bool(torch.isfinite(total)):
+        raise ValueError(f"the GKD loss summed over {len(wheres)} layers overflows {total.dtype}")
+    return total
 
 
 @register_loss("gkd")

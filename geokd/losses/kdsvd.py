@@ -20,6 +20,11 @@ routine, which makes the value depend on the backend).
 The method trains the task and this term together with the distillation gradient of each
 parameter clipped to the norm of that parameter's task gradient: the term declares
 ``clip_to_task_gradient = True`` and the trainer applies :func:`clip_to_task_gradient`.
+
+Precision: there is no half-precision SVD on the CPU, so float16/bfloat16 maps are
+decomposed in float32 (the term is float32). Each map is divided by a power of two
+before the SVD (exact; singular vectors and the normalized singular values the term
+uses do not depend on scale), which keeps maps near the dtype's limits finite.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from geokd.graphs._numerics import full_precision, pow2_scale, working
 from geokd.losses._util import (
     DistillationTerm,
     as_maps,
@@ -55,7 +61,8 @@ def top_singular_vectors(features: torch.Tensor, k: int) -> tuple[torch.Tensor, 
     -------
     (sigma, v) : torch.Tensor
         ``sigma`` ``(B, k)`` in decreasing order, ``v`` ``(B, k, C)`` unit rows, each
-        signed so that its entry of largest magnitude is positive.
+        signed so that its entry of largest magnitude is positive; float32 for
+        float16/bfloat16 maps.
 
     Examples
     --------
@@ -66,15 +73,23 @@ def top_singular_vectors(features: torch.Tensor, k: int) -> tuple[torch.Tensor, 
     (tensor([[3., 1.]]), tensor([[[1., 0.],
              [0., 1.]]]))
     """
-    maps = as_maps(features)
-    m = maps.flatten(2).transpose(1, 2)  # (B, HW, C)
-    if m.requires_grad:
-        # SVD's backward divides by gaps between singular values; like the reference
-        # code, a degenerate spectrum must not turn the whole update into NaN.
-        m.register_hook(_zero_nonfinite)
-    _, sigma, vh = torch.linalg.svd(m, full_matrices=False)
-    k = min(k, sigma.shape[1])
-    return sigma[:, :k], _fix_signs(vh[:, :k, :])
+    sigma, v, scale = _scaled_top_singular_vectors(features, k)
+    return sigma * scale.reshape(-1, 1), v
+
+
+def _scaled_top_singular_vectors(features: torch.Tensor, k: int):
+    """``(sigma / s, v, s)`` with ``s`` the power of two that brings each map to max 1..2."""
+    with full_precision(features):
+        maps = working(as_maps(features))
+        scale = pow2_scale(maps, dim=(1, 2, 3))
+        m = (maps / scale).flatten(2).transpose(1, 2)  # (B, HW, C)
+        if m.requires_grad:
+            # SVD's backward divides by gaps between singular values; like the reference
+            # code, a degenerate spectrum must not turn the whole update into NaN.
+            m.register_hook(_zero_nonfinite)
+        _, sigma, vh = torch.linalg.svd(m, full_matrices=False)
+        k = min(k, sigma.shape[1])
+        return sigma[:, :k], _fix_signs(vh[:, :k, :]), scale.reshape(-1)
 
 
 def _zero_nonfinite(grad: torch.Tensor | None) -> torch.Tensor | None:
@@ -153,7 +168,7 @@ def kdsvd_loss(
     if len(student_feats) < 2:
         raise ValueError(f"kdsvd: expected at least 2 layers (KD-SVD relates consecutive layers), got {len(student_feats)}")
     labels = labels if labels is not None else [f"layer {i}" for i in range(len(student_feats))]
-    total = student_feats[0].new_zeros(())
+    total = None
     prev_s = prev_t = None
     for where, s, t in zip(labels, student_feats, teacher_feats):
         check_feature_pair("kdsvd", where, s, t)
@@ -167,15 +182,17 @@ def kdsvd_loss(
                 "vectors are compared coordinate by coordinate, so channel counts must match"
             )
         with torch.no_grad():
-            sigma_t, v_t = top_singular_vectors(t.detach(), teacher_k)
+            # The singular values only enter normalized: their scale is irrelevant.
+            sigma_t, v_t, _ = _scaled_top_singular_vectors(t.detach(), teacher_k)
             weight = F.normalize(sigma_t, dim=1)[:, :, None]
-        _, v_s = top_singular_vectors(s, max(student_k, v_t.shape[1]))
+        _, v_s, _ = _scaled_top_singular_vectors(s, max(student_k, v_t.shape[1]))
         v_s = align_to_teacher(v_s, v_t) * weight
         v_t = v_t * weight
         if prev_s is not None:
             r_s = rbf_relations(v_s, prev_s)
             r_t = rbf_relations(v_t, prev_t)
-            total = total + (r_s - r_t).pow(2).sum() / s.shape[0]
+            term = (r_s - r_t).pow(2).sum() / s.shape[0]
+            total = term if total is None else total + term
         prev_s, prev_t = v_s, v_t
     return total
 

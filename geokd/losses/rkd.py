@@ -12,6 +12,10 @@ Two flavours of the distance term:
 
 Degenerate policy: if every input of a layer is identical (mean distance 0), its
 normalized distances are 0 instead of 0/0.
+
+Precision: both terms are scale-free, so half-precision features are compared in float32
+(the loss is float32) and features whose squares over- or underflow are divided by a
+power of two first (exact); the result is finite for every finite input.
 """
 
 from __future__ import annotations
@@ -23,26 +27,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from geokd.graphs._validation import as_layer_list, check_activations, check_layer_pair, check_pair_batch
-from geokd.graphs.kernels import mean_offdiagonal, pairwise_distances
+from geokd.graphs._numerics import full_precision, pow2_scale, working
+from geokd.graphs.kernels import normalized_distances
 from geokd.losses.registry import register_loss
 from geokd.models.outputs import ModelOutputs
 
 __all__ = ["RKDAngleLoss", "RKDDistanceLoss", "RKDLoss", "rkd_angle_loss", "rkd_distance_loss"]
 
 
-def _normalized_distances(flat: torch.Tensor) -> torch.Tensor:
-    dist = pairwise_distances(flat)
-    mu = mean_offdiagonal(dist)
-    safe_mu = torch.where(mu > 0, mu, torch.ones_like(mu))
-    return torch.where(mu > 0, dist / safe_mu, torch.zeros_like(dist))
-
-
 def _angles(flat: torch.Tensor) -> torch.Tensor:
     # angles[j, i, k] = <e_ij, e_kj>, e_ij the unit vector from t_j to t_i; a zero
     # difference (i = j or duplicates) normalizes to the zero vector, so its angles are 0.
-    diff = flat.unsqueeze(0) - flat.unsqueeze(1)
-    unit = F.normalize(diff, p=2.0, dim=2)
-    return torch.bmm(unit, unit.transpose(1, 2))
+    with full_precision(flat):
+        work = working(flat)
+        # Angles ignore scale: one power of two (exact, a pass over (B, D), small next to the
+        # (B, B, D) differences) keeps the differences and their squares in range.
+        work = work / pow2_scale(work)
+        diff = work.unsqueeze(0) - work.unsqueeze(1)
+        unit = F.normalize(diff, p=2.0, dim=2)
+        return torch.bmm(unit, unit.transpose(1, 2))
 
 
 def _layer_pairs(student_feats, teacher_feats):
@@ -85,8 +88,8 @@ def rkd_distance_loss(student_feats: Sequence[torch.Tensor] | torch.Tensor,
     terms = []
     for s_flat, t_flat in _layer_pairs(student_feats, teacher_feats):
         with torch.no_grad():
-            psi_t = _normalized_distances(t_flat)
-        psi_s = _normalized_distances(s_flat)
+            psi_t = normalized_distances(t_flat)
+        psi_s = normalized_distances(s_flat)
         if include_diagonal:
             terms.append(F.smooth_l1_loss(psi_s, psi_t, beta=1.0))
         else:
