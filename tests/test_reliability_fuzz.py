@@ -2,15 +2,15 @@
 
 Contract (issue 9): every public function either returns only finite numbers or raises
 ``ValueError``; it never crashes with another exception, never returns NaN/Inf from
-finite input, and refuses NaN/Inf input. Dtypes: float32, float64, bfloat16 (float16: below).
-Values: ordinary, zeros, 1e-2..1e2 magnitudes, small (1e-3..1e-1), constant rows, NaN
+finite input, and refuses NaN/Inf input. Dtypes: float16, float32, float64, bfloat16.
+Values: ordinary, zeros, 1e-2..1e2 magnitudes, small (1e-3..1e-1), constant rows, within
+a factor 1000 of the dtype's maximum, subnormal, mixes of the two, NaN
 and ±inf, mixed NaN/inf/huge. Each function gets 200 derandomized hypothesis cases,
 each registered loss 50 (reproducible in CI).
 
-Not here (they fail today; see tests/_pending_bugs.py.txt and RELIABILITY.md): finite
-values near the dtype's maximum or subnormal; float16 (overflow in norms); kdsvd in
-bfloat16 (``_LOSS_DTYPES``); a NaN adjacency given to ``normalize`` or ``knn_mask``; an
-empty ``(0, D)`` batch given to ``knn_graph``.
+Not here (they fail today; see tests/_pending_bugs.py.txt and RELIABILITY.md): values
+near the dtype's limits given to ``knn_graph`` (B11) and an empty ``(0, D)`` batch given
+to it (B8).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from geokd.graphs import GraphSpec, batch_graph, graph_pair, knn_graph, knn_mask
 from geokd.losses import build_loss, gkd_loss, rkd_angle_loss, rkd_distance_loss
 from geokd.models.outputs import ModelOutputs
 from tests._fault_helpers import (
-    FINITE_REGIMES, SAFE_DTYPES, FUZZ, FUZZ_LOSS, SAFE_REGIMES, Outcome, assert_contract, flush_counts, recipes,
+    DTYPES, FUZZ, FUZZ_LOSS, HARSH_REGIMES, REGIMES, Outcome, assert_contract, flush_counts, recipes,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -48,33 +48,36 @@ def test_similarity_is_finite_or_refuses(recipe, kernel):
     assert_contract(lambda: similarity(x, kernel=kernel), recipe.finite, name="graphs.similarity")
 
 
-@FUZZ
-@given(recipe=recipes(feature_shapes="flat", min_batch=0, max_batch=8,
-                      regimes=tuple(r for r in SAFE_REGIMES if r in FINITE_REGIMES)),
-       mode=st.sampled_from(["sym", "rw", "none"]))
-def test_normalize_is_finite_or_refuses(recipe, mode):
+def _square(recipe) -> torch.Tensor:
     # A square adjacency with the fuzzed values (negative degrees, zeros, huge weights).
     b = recipe.shape[0]
     a = recipe.build().reshape(-1)[: b * b]
-    a = torch.nn.functional.pad(a, (0, b * b - a.numel())).reshape(b, b) if b else a.reshape(0, 0)
-    assert_contract(lambda: normalize(a, mode=mode), recipe.finite, name="graphs.normalize")
+    return torch.nn.functional.pad(a, (0, b * b - a.numel())).reshape(b, b) if b else a.reshape(0, 0)
+
+
+def _is_finite(a: torch.Tensor) -> bool:
+    # The square keeps only the first b*b values: a NaN of the recipe may be cut off.
+    return bool(torch.isfinite(a).all())
 
 
 @FUZZ
-@given(recipe=recipes(feature_shapes="flat", min_batch=0, max_batch=8,
-                      regimes=tuple(r for r in SAFE_REGIMES if r in FINITE_REGIMES)), k=st.integers(-1, 9))
+@given(recipe=recipes(feature_shapes="flat", min_batch=0, max_batch=8), mode=st.sampled_from(["sym", "rw", "none"]))
+def test_normalize_is_finite_or_refuses(recipe, mode):
+    a = _square(recipe)
+    assert_contract(lambda: normalize(a, mode=mode), _is_finite(a), name="graphs.normalize")
+
+
+@FUZZ
+@given(recipe=recipes(feature_shapes="flat", min_batch=0, max_batch=8), k=st.integers(-1, 9))
 def test_knn_mask_is_binary_symmetric_or_refuses(recipe, k):
-    b = recipe.shape[0]
-    a = recipe.build().reshape(-1)[: b * b]
-    a = torch.nn.functional.pad(a, (0, b * b - a.numel())).reshape(b, b) if b else a.reshape(0, 0)
+    a = _square(recipe)
     holder = {}
 
     def run():
         holder["m"] = knn_mask(a, k=k)
         return holder["m"]
 
-    # NaN/inf graphs are a pending bug (the mask gets self-loops): finite graphs only here.
-    out = assert_contract(run, recipe.finite, name="graphs.knn_mask")
+    out = assert_contract(run, _is_finite(a), name="graphs.knn_mask")
     if out == Outcome.FINITE:
         m = holder["m"]
         assert set(m.unique().tolist()) <= {0.0, 1.0}
@@ -113,8 +116,13 @@ def test_graph_pair_is_finite_or_refuses(data, spec):
                     name="graphs.graph_pair")
 
 
+# knn_graph (geokd/graphs/dataset_knn.py) still returns -inf/NaN weights for values near
+# the float32 limits (B11, tests/_pending_bugs.py.txt): those regimes are left out here.
+_KNN_GRAPH_REGIMES = tuple(r for r in REGIMES if r not in HARSH_REGIMES)
+
+
 @FUZZ
-@given(recipe=recipes(min_batch=1, max_batch=14), k=st.integers(0, 6),
+@given(recipe=recipes(min_batch=1, max_batch=14, regimes=_KNN_GRAPH_REGIMES), k=st.integers(0, 6),
        kernel=st.sampled_from(["cosine", "gaussian"]),
        approximate=st.booleans())
 def test_knn_graph_is_finite_or_refuses(recipe, k, kernel, approximate):
@@ -137,11 +145,6 @@ _LOSS_KW = {
 
 _ALL_LOSSES = ["activation_boundary", "attention", "fitnet", "fsp", "gkd", "kd", "kdsvd", "rkd", "rkd_angle",
                "rkd_distance"]
-# Dtypes each loss is fuzzed in (default SAFE_DTYPES); kdsvd's SVD has no bfloat16 CPU
-# kernel and raises NotImplementedError: a pending bug.
-_LOSS_DTYPES = {"kdsvd": (torch.float32, torch.float64)}
-
-
 def test_every_registered_loss_is_fuzzed():
     from geokd.losses import available_losses, get_loss_class
 
@@ -155,7 +158,7 @@ def _fuzz_registered_loss(loss_name):
     @FUZZ_LOSS
     @given(data=st.data())
     def run(data):
-        dtype = data.draw(st.sampled_from(_LOSS_DTYPES.get(loss_name, SAFE_DTYPES)), label="dtype")
+        dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
         s_rec = data.draw(recipes(min_batch=1, max_batch=7, feature_shapes="maps", dtype=dtype), label="student")
         t_rec = data.draw(recipes(batch=s_rec.shape[0], feature_shapes="maps", dtype=dtype), label="teacher")
         # Same channel count/spatial size on both sides so feature-matching losses apply.
@@ -191,7 +194,7 @@ def test_registered_loss_is_finite_or_refuses(loss_name):
 @given(data=st.data(), fn=st.sampled_from(["gkd", "rkd_distance", "rkd_angle"]),
        k=st.sampled_from([None, 1, 2]), power=st.integers(1, 2), task=st.sampled_from(["all", "intra", "inter"]))
 def test_functional_graph_losses_are_finite_or_refuse(data, fn, k, power, task):
-    dtype = data.draw(st.sampled_from(SAFE_DTYPES), label="dtype")
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
     s_rec = data.draw(recipes(min_batch=0, max_batch=8, dtype=dtype), label="student")
     t_rec = data.draw(recipes(batch=s_rec.shape[0], dtype=dtype), label="teacher")
     s, t = s_rec.build(), t_rec.build()
