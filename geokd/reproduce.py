@@ -11,7 +11,14 @@ stopped and started again. The table reports, per method, the last-epoch test er
 (median ± sample standard deviation over seeds, in %), the number of runs, the median
 training time per run and the teacher–student graph distance (the GKD loss on the test
 set, full cosine graph, p = 1) at each sensing point; and, per network, the parameter
-count and inference time per image with the teacher/student speed ratio.
+count and inference time per image with the teacher/student speed ratio; then the study's
+notes, each row's objective with its weights, and the extra tables of system rows.
+
+A row with ``system = "byot" | "dml" | "selective"`` is run by that system's runner
+(:mod:`geokd.methods.systems`) instead of the trainer, into the same layout; its error
+is the one the runner reports (BYOT: the deepest exit; DML: the first student) and its
+runner adds a note (and, for BYOT, a per-exit table). Systems that keep no resumable
+state restart an interrupted run, moving its leftovers to ``seed<k>.interrupted-<n>``.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class PlannedRun:
     run_dir: Path
     config: TrainConfig
     status: str  # "finished", "partial" or "missing"
+    system: str | None = None  # a whole system (geokd.methods.systems) instead of the trainer
+    params: dict = field(default_factory=dict)
 
 
 def _status(run_dir: Path) -> str:
@@ -66,13 +75,26 @@ def plan_study(study: Study, *, out: str | Path = "runs") -> list[PlannedRun]:
         for seed in study.seeds:
             run_dir = root / method.name / f"seed{seed}"
             config = study.student_config(method.name, seed=seed, teacher=teacher)
-            runs.append(PlannedRun(method.name, seed, run_dir, config, _status(run_dir)))
+            runs.append(PlannedRun(method.name, seed, run_dir, config, _status(run_dir), method.system, method.params))
     return runs
 
 
-def _train_one(config: TrainConfig, run_dir: str, device: str, resume: bool) -> float:
+def _execute(config: TrainConfig, run_dir, *, system: str | None, params: dict, device, resume: bool,
+             on_epoch_end=None, progress=None) -> None:
+    """One run: the trainer for a row of terms, the system's runner for a system row."""
+    if system is None:
+        train(config, run_dir=run_dir, device=device, resume=resume, on_epoch_end=on_epoch_end, progress=progress)
+    else:
+        from geokd.methods.systems import run_system
+
+        run_system(system, config, params, run_dir=run_dir, device=device, resume=resume,
+                   on_epoch_end=on_epoch_end, progress=progress)
+
+
+def _train_one(config: TrainConfig, run_dir: str, device: str, resume: bool, system: str | None = None,
+               params: dict | None = None) -> None:
     # Top level so a spawned worker process can run it.
-    return train(config, run_dir=run_dir, device=device, resume=resume, progress=False).train_seconds
+    _execute(config, run_dir, system=system, params=params or {}, device=device, resume=resume, progress=False)
 
 
 def run_study(study: Study, *, out: str | Path = "runs", device: str | torch.device = "cpu", jobs: int = 1,
@@ -99,8 +121,8 @@ def run_study(study: Study, *, out: str | Path = "runs", device: str | torch.dev
             if on_run_start is not None:
                 on_run_start(run, next(counter), len(todo))
             callback = (lambda record, run=run: on_epoch_end(run, record)) if on_epoch_end is not None else None
-            train(run.config, run_dir=run.run_dir, device=device, resume=run.status == "partial",
-                  on_epoch_end=callback, progress=progress)
+            _execute(run.config, run.run_dir, system=run.system, params=run.params, device=device,
+                     resume=run.status == "partial", on_epoch_end=callback, progress=progress)
             run.status = "finished"
             if on_run_end is not None:
                 on_run_end(run)
@@ -118,7 +140,7 @@ def run_study(study: Study, *, out: str | Path = "runs", device: str | torch.dev
                 if on_run_start is not None:
                     on_run_start(run, next(counter), len(todo))
                 futures[pool.submit(_train_one, run.config, str(run.run_dir), str(device),
-                                    run.status == "partial")] = run
+                                    run.status == "partial", run.system, run.params)] = run
             for future in as_completed(futures):
                 future.result()  # re-raise a worker's error here
                 futures[future].status = "finished"
@@ -189,6 +211,7 @@ class MethodRow:
     sd_error: float
     train_seconds: float
     graph_distance: list[float] = field(default_factory=list)  # median over seeds, per sensing point
+    note: str = ""  # what a system row reports (e.g. which of its networks), from its runner
 
 
 @dataclass
@@ -206,6 +229,9 @@ class StudyTable:
     sensing_points: tuple[str, ...]
     rows: list[MethodRow]
     command: str = ""
+    notes: str = ""  # the study's own notes (exceptions to the common recipe)
+    recipes: list[str] = field(default_factory=list)  # one "method: objective" line per row
+    extra: list[str] = field(default_factory=list)  # Markdown lines of the system rows' extra tables
 
     @property
     def speed_ratio(self) -> float:
@@ -213,18 +239,21 @@ class StudyTable:
 
     def markdown(self) -> str:
         points = " / ".join(self.sensing_points)
+        noted = any(r.note for r in self.rows)  # the note column only when a system row needs it
         lines = [
             f"## {self.study}: {self.description}", "",
-            f"| method | test error % (median ± sd) | runs | train time / run (s) | graph distance to teacher ({points}) |",
-            "|---|---|---|---|---|",
+            f"| method | test error % (median ± sd) | runs | train time / run (s) | graph distance to teacher ({points}) |"
+            + (" note |" if noted else ""),
+            "|---|---|---|---|---|" + ("---|" if noted else ""),
         ]
         if self.teacher_error is not None:
             ts = f"{self.teacher_train_seconds:.1f}" if self.teacher_train_seconds is not None else "–"
-            lines.append(f"| teacher | {self.teacher_error:.2f} | 1 | {ts} | 0 |")
+            lines.append(f"| teacher | {self.teacher_error:.2f} | 1 | {ts} | 0 |" + (" |" if noted else ""))
         for r in self.rows:
             sd = f"{r.sd_error:.2f}" if not math.isnan(r.sd_error) else "–"
             dist = " / ".join(f"{d:.3g}" for d in r.graph_distance)
-            lines.append(f"| {r.method} | {r.median_error:.2f} ± {sd} | {r.runs} | {r.train_seconds:.1f} | {dist} |")
+            lines.append(f"| {r.method} | {r.median_error:.2f} ± {sd} | {r.runs} | {r.train_seconds:.1f} | {dist} |"
+                         + (f" {r.note} |" if noted else ""))
         lines += [
             "",
             "| network | parameters | inference time / image (µs) |",
@@ -236,6 +265,13 @@ class StudyTable:
             f"student {self.speed_ratio:.2f}x faster per image. Errors are last-epoch test errors; "
             "sd is the sample standard deviation over seeds.",
         ]
+        if self.notes:
+            lines += ["", self.notes]
+        if self.recipes:
+            lines += ["", "Objectives (CE = cross-entropy; term weights as configured):", ""]
+            lines += [f"- {line}" for line in self.recipes]
+        if self.extra:
+            lines += ["", *self.extra]
         if self.command:
             lines += ["", f"Made with: `{self.command}`"]
         return "\n".join(lines) + "\n"
@@ -246,16 +282,18 @@ class StudyTable:
         header = ["method", "runs", "median_test_error", "sd_test_error", "errors", "train_seconds_per_run",
                   "parameters", "inference_us_per_image"]
         header += [f"graph_distance_{p}" for p in self.sensing_points]
-        writer.writerow(header)
+        noted = any(r.note for r in self.rows)
+        writer.writerow(header + (["note"] if noted else []))
         if self.teacher_error is not None:
             writer.writerow(["teacher", 1, f"{self.teacher_error:.4f}", "", f"{self.teacher_error:.4f}",
                              f"{self.teacher_train_seconds:.2f}" if self.teacher_train_seconds is not None else "",
                              self.teacher_params, f"{1e6 * self.teacher_seconds_per_image:.3f}"]
-                            + ["0"] * len(self.sensing_points))
+                            + ["0"] * len(self.sensing_points) + ([""] if noted else []))
         for r in self.rows:
             writer.writerow([r.method, r.runs, f"{r.median_error:.4f}", "" if math.isnan(r.sd_error) else f"{r.sd_error:.4f}",
                              " ".join(f"{e:.4f}" for e in r.errors), f"{r.train_seconds:.2f}", self.student_params,
-                             f"{1e6 * self.student_seconds_per_image:.3f}"] + [f"{d:.6g}" for d in r.graph_distance])
+                             f"{1e6 * self.student_seconds_per_image:.3f}"] + [f"{d:.6g}" for d in r.graph_distance]
+                            + ([r.note] if noted else []))
         return buffer.getvalue()
 
 
@@ -301,24 +339,34 @@ def _tabulate(study: Study, *, out, device, command: str) -> StudyTable:
 
         teacher_error = evaluate(teacher, BatchLoader(test_set, batch_size=data.eval_batch_size, shuffle=False,
                                                       device=device), device=device)
-    rows = []
+    rows, extra = [], []
     student = None
     for method in study.methods:
         runs = [p for p in finished if p.method == method.name]
         if not runs:
             continue
-        errors, seconds, distances = [], [], []
+        errors, seconds, distances, results = [], [], [], []
         for p in runs:
             run = RunDir(p.run_dir)
-            errors.append(run.read_metrics()[-1]["test_error"])
-            seconds.append(float(run.read_meta().get("train_seconds", float("nan"))))
+            meta = run.read_meta()
+            # A system row's error is the one its runner chose (e.g. BYOT's deepest exit).
+            errors.append(meta["final_test_error"] if method.system else run.read_metrics()[-1]["test_error"])
+            results.append(meta.get("system_results", {}))
+            seconds.append(float(meta.get("train_seconds", float("nan"))))
             student, _ = load_checkpoint(run.model_path, device=device)
             distances.append(graph_distances(student, teacher, batches, device=device))
+        note = ""
+        if method.system:
+            from geokd.methods.systems import get_system
+
+            note, lines = get_system(method.system).describe(method.name, results)
+            extra += [*lines, ""] if lines else []
         rows.append(MethodRow(
             method=method.name, runs=len(runs), errors=errors, median_error=statistics.median(errors),
             sd_error=statistics.stdev(errors) if len(errors) > 1 else float("nan"),
             train_seconds=statistics.median(seconds),
             graph_distance=[statistics.median(d[i] for d in distances) for i in range(len(distances[0]))],
+            note=note,
         ))
     example = next(iter(batches))[0]
     return StudyTable(
@@ -327,7 +375,9 @@ def _tabulate(study: Study, *, out, device, command: str) -> StudyTable:
         teacher_seconds_per_image=inference_seconds_per_image(teacher, example, device=device),
         student_seconds_per_image=inference_seconds_per_image(student, example, device=device),
         teacher_train_seconds=teacher_seconds, sensing_points=tuple(student.sensing_points), rows=rows,
-        command=command,
+        command=command, notes=study.notes,
+        recipes=[f"{m.name}: {m.recipe()}" for m in study.methods if any(r.method == m.name for r in rows)],
+        extra=extra[:-1] if extra else [],
     )
 
 

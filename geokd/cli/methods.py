@@ -5,6 +5,9 @@ Examples::
     geokd methods byot --epochs 15
     geokd methods selective
     geokd methods iep --figure figures/iep/digits_teacher_embedding
+
+The study rows of the same systems (over seeds, beside every other method) are
+``geokd reproduce digits-methods``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "methods",
         help="whole distillation systems on digits: BYOT, selective KD, IEP, MHGD",
-        description="Train one of the whole-system methods on the embedded digits data and print a table.",
+        description="Train one of the whole-system methods on the embedded digits data (one seed, each method's "
+                    "own small recipe) and print a table. To compare them with every other method over seeds, "
+                    "on one student and recipe, run `geokd reproduce digits-methods`.",
     )
     parser.add_argument("method", choices=("byot", "selective", "iep", "mhgd"))
     parser.add_argument("--epochs", type=int, default=15, help="training epochs of every network (default 15)")

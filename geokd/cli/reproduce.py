@@ -10,11 +10,16 @@ import time
 
 
 def register(subparsers) -> None:
+    from geokd.studies import DEFAULT_STUDY, available_studies
+
+    shipped = ", ".join(f"{n} (default)" if n == DEFAULT_STUDY else n
+                        for n in sorted(available_studies(), key=lambda n: (n != DEFAULT_STUDY, n)))
     parser = subparsers.add_parser(
         "reproduce", help="run a study (default: the embedded digits study) and write its table",
         description="Train the runs a study still misses (finished runs are reused, interrupted ones "
                     "resumed), then write table.md and table.csv into <out>/<study>/.",
-        epilog="shipped studies: digits (default), digits-reduced; or a path such as analysis/cifar10_paper.toml",
+        epilog=f"shipped studies: {shipped}; or a path such as analysis/cifar10_paper.toml "
+               "(see analysis/README.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("study", nargs="?", default=None, help="study name or TOML file (default: digits)")
@@ -54,8 +59,9 @@ def run(args) -> int:
         print(f"[{i}/{n}] {run.method} seed {run.seed}{' (resuming)' if run.status == 'partial' else ''}", flush=True)
 
     def epoch(run, record):
-        if plain and (record["epoch"] % 5 == 0 or record["epoch"] == run.config.schedule.epochs):
-            print(f"    epoch {record['epoch']}: test error {record['test_error']:.2f}%  {record['seconds']:.1f}s",
+        if plain and "test_error" in record and (record["epoch"] % 5 == 0
+                                                 or record["epoch"] == run.config.schedule.epochs):
+            print(f"    epoch {record['epoch']}: test error {record['test_error']:.2f}%  {record.get('seconds', 0):.1f}s",
                   flush=True)
 
     def done(run):

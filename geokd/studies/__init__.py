@@ -2,12 +2,16 @@
 
 A study is a TOML file (see ``geokd/studies/digits.toml``, the embedded default)::
 
-    [study]                  name, description, seeds, teacher_seed, extends, estimate
+    [study]                  name, description, seeds, teacher_seed, extends, estimate,
+                             notes (printed under the table)
     [base.<section>]         TrainConfig sections shared by every run (data, optim…)
     [teacher]                model = {name, params}, or path = run dir / checkpoint /
                              released network; overrides = {section: {...}}
     [student]                model = {name, params, sensing_points}; overrides
-    [[methods]]              name, terms = [{loss, weight, params}]
+    [[methods]]              name, terms = [{loss, weight, params}], ce_weight (the
+                             cross-entropy's weight, default 1; Hinton KD: 1 - alpha);
+                             or system = "byot" / "dml" / "selective" with params = {...}
+                             (see geokd.methods.systems; selective also takes terms)
 
 ``extends = "<study>"`` starts from another study (shipped or a path) and deep-merges
 this file over it. :func:`load_study` validates everything, including every run's
@@ -22,6 +26,10 @@ Examples
 ['baseline', 'rkd-d', 'gkd']
 >>> study.student_config("gkd", seed=1).terms[0].weight
 25.0
+>>> study.method("gkd").recipe()
+'CE + 25·gkd'
+>>> load_study("digits-methods").method("byot").recipe()
+'system byot (alpha=0.1, temperature=3.0, beta=1e-06)'
 >>> "digits-reduced" in available_studies()
 True
 """
@@ -32,7 +40,7 @@ import copy
 import difflib
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -44,20 +52,42 @@ __all__ = ["Study", "Method", "load_study", "available_studies", "DEFAULT_STUDY"
 
 DEFAULT_STUDY = "digits"
 
-_STUDY_KEYS = ("name", "description", "seeds", "teacher_seed", "extends", "estimate")
+_STUDY_KEYS = ("name", "description", "seeds", "teacher_seed", "extends", "estimate", "notes")
 _TOP_KEYS = ("study", "base", "teacher", "student", "methods")
 _TEACHER_KEYS = ("model", "path", "overrides")
 _STUDENT_KEYS = ("model", "overrides")
-_METHOD_KEYS = ("name", "terms")
+_METHOD_KEYS = ("name", "terms", "ce_weight", "system", "params")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 @dataclass(frozen=True)
 class Method:
-    """One row of the study's table: a name and its weighted terms (empty = no distillation)."""
+    """One row of the study's table: a name and its weighted terms (empty = no distillation),
+    or a whole system (``system``, with its completed ``params``) run instead of the trainer."""
 
     name: str
     terms: tuple[dict, ...]
+    ce_weight: float = 1.0
+    system: str | None = None
+    params: dict = field(default_factory=dict)
+
+    def recipe(self) -> str:
+        """The row's objective in one line, weights included (printed under the table)."""
+        def num(v) -> str:
+            if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+                return f"<{len(v)} modules>"  # taps: names, not weights
+            return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+        parts = [] if self.system is None else [
+            f"system {self.system} (" + ", ".join(f"{k}={v}" for k, v in self.params.items()) + ")"]
+        if self.system is None or self.terms or self.ce_weight != 1:
+            parts.append("CE" if self.ce_weight == 1 else f"{num(self.ce_weight)}·CE")
+        for t in self.terms:
+            opts = ", ".join(f"{k}={num(v)}" for k, v in t.get("params", {}).items())
+            parts.append(f"{num(t.get('weight', 1.0))}·{t.get('loss')}" + (f"({opts})" if opts else ""))
+        if self.system is not None and len(parts) > 1:
+            return f"{parts[0]}: " + " + ".join(parts[1:])
+        return " + ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -103,8 +133,14 @@ class Study:
         table = _merge(_merge(self.table.get("base", {}), s.get("overrides", {})),
                        {"model": s["model"], "run": {"seed": seed}})
         table["terms"] = [dict(t) for t in m.terms]
-        table["teacher"] = teacher if teacher is not None else (self.teacher_path or "<teacher run>")
+        table["ce_weight"] = m.ce_weight
+        if m.system is None or _system(m.system).needs_teacher:
+            table["teacher"] = teacher if teacher is not None else (self.teacher_path or "<teacher run>")
         return config_from_dict(table)
+
+    @property
+    def notes(self) -> str:
+        return str(self.table["study"].get("notes", ""))
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -222,7 +258,8 @@ def load_study(name_or_path: str = DEFAULT_STUDY) -> Study:
         terms = m.get("terms", [])
         if not isinstance(terms, list):
             raise ConfigError(f"{source} methods[{i}] ({mname}).terms: expected a list of tables, got {terms!r}")
-        methods.append(Method(mname, tuple(terms)))
+        system, params = _method_system(m, f"{source} methods[{i}] ({mname})")
+        methods.append(Method(mname, tuple(terms), m.get("ce_weight", 1.0), system, params))
     study = Study(name=name, description=str(info.get("description", "")), seeds=tuple(seeds),
                   teacher_seed=teacher_seed, methods=tuple(methods), table=table, source=source)
     # Build every run's config now: a typo in the last method fails before the first run.
@@ -231,6 +268,30 @@ def load_study(name_or_path: str = DEFAULT_STUDY) -> Study:
     for method in study.methods:
         _where(lambda: study.student_config(method.name, seed=study.seeds[0]), f"{source} method {method.name!r}")
     return study
+
+
+def _system(name: str):
+    from geokd.methods.systems import get_system
+
+    return get_system(name)
+
+
+def _method_system(m: dict, where: str) -> tuple[str | None, dict]:
+    """The row's system name and completed params (None, {} for a row of terms)."""
+    if "system" not in m:
+        if "params" in m:
+            raise ConfigError(f"{where}: params belong to a system row; put term parameters in terms = [{{..., params}}]")
+        return None, {}
+    try:
+        system = _system(m["system"])
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.system: {exc}") from None
+    if m.get("terms") and not system.takes_terms:
+        raise ConfigError(f"{where}: system {system.name!r} trains its own objective; expected no terms, "
+                          f"got {len(m['terms'])}")
+    if "ce_weight" in m and not system.takes_ce_weight:
+        raise ConfigError(f"{where}: system {system.name!r} weights its own cross-entropy; remove ce_weight")
+    return system.name, system.check_params(m.get("params", {}), where=where)
 
 
 def _where(build, where: str) -> Any:
