@@ -1,4 +1,10 @@
-"""``geokd analyze``: per-layer GSP metrics of students against their teacher."""
+"""``geokd analyze``: per-layer GSP metrics of students against their teacher.
+
+The output directory is locked (``--out DIR/.lock``, :func:`geokd.train.runs.directory_lock`)
+from before the networks are loaded until ``analysis.json`` is written: a second
+process writing the same directory refuses at once, naming the directory and the
+holder's pid, instead of interleaving its partial tables with the first one's.
+"""
 
 from __future__ import annotations
 
@@ -39,8 +45,19 @@ def register(subparsers) -> None:
                         help="also run a cross-validated linear probe per block (slower)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.set_defaults(handler=run)
+    parser.add_argument("--out", required=True, help="output directory (locked while it is written)")
+    parser.set_defaults(handler=_command)
+
+
+def _command(args) -> int:
+    """The command line's handler: a locked output directory is a plain error (exit 2)."""
+    from geokd.train.runs import DirectoryLockedError
+
+    try:
+        return run(args)
+    except DirectoryLockedError as exc:
+        print(f"geokd analyze: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _settings(args):
@@ -63,6 +80,16 @@ def _settings(args):
 
 
 def run(args) -> int:
+    """Analyze as the command line says; raises ``DirectoryLockedError`` if ``args.out`` is
+    being written by another process (callers such as ``geokd reproduce`` must not go on)."""
+    from geokd.train.runs import directory_lock
+
+    study, student_paths = _settings(args)
+    with directory_lock(args.out, kind="analysis directory"):
+        return _analyze(args, study, student_paths)
+
+
+def _analyze(args, study, student_paths) -> int:
     from geokd.analysis.nodes import balanced_node_set, whole_set
     from geokd.analysis.pipeline import analyze_networks
     from geokd.analysis.saved import write_heatmaps
@@ -70,7 +97,6 @@ def run(args) -> int:
     from geokd.analysis.tables import write_table
     from geokd.data import load_dataset
 
-    study, student_paths = _settings(args)
     teacher = network_from_path(study.teacher, method="teacher")
     students = [network_from_path(p) for p in student_paths]
     data = load_dataset(study.dataset, split=study.split)
@@ -92,8 +118,6 @@ def run(args) -> int:
           f"({node_set}), output agreement on {len(labels)} inputs", file=sys.stderr)
     start = time.perf_counter()
     done = []
-
-    os.makedirs(args.out, exist_ok=True)
 
     def report(net, rows_so_far):
         done.append(net.name)

@@ -11,6 +11,10 @@
 - ``lock``         held with ``flock`` while a process writes the run, so a second
   process refuses instead of interleaving (the OS drops it if the holder dies).
 
+:func:`directory_lock` is that mechanism for any output directory: ``geokd analyze
+--out DIR`` and ``geokd reproduce`` hold it (as ``DIR/.lock``) on the analysis and
+study directories they write.
+
 Examples
 --------
 >>> import tempfile
@@ -39,7 +43,8 @@ import torch
 import geokd
 from geokd.train.state import atomic_write_bytes
 
-__all__ = ["RunDir", "RunLockedError", "environment_info", "git_revision", "utc_now"]
+__all__ = ["DirectoryLockedError", "RunDir", "RunLockedError", "directory_lock", "environment_info",
+           "git_revision", "utc_now"]
 
 try:  # POSIX advisory locks; elsewhere fall back to an exclusive-create file.
     import fcntl
@@ -47,8 +52,58 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 
-class RunLockedError(RuntimeError):
+class DirectoryLockedError(RuntimeError):
+    """Another live process is writing this directory (its message names the holder)."""
+
+
+class RunLockedError(DirectoryLockedError):
     """Another live process is writing this run directory."""
+
+
+@contextlib.contextmanager
+def directory_lock(path: str | Path, *, kind: str = "directory", lock_name: str = ".lock",
+                   error: type[DirectoryLockedError] = DirectoryLockedError) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``path/lock_name`` while writing ``path``.
+
+    The directory is created if needed. If another process holds the lock, ``error`` is
+    raised at once (no waiting), naming the directory and the holder (``pid N on host``,
+    which the holder writes into the lock file). The OS releases the lock when the holder
+    exits, even if it is killed, so a stale lock file never blocks anyone. Locks are
+    per open file: a second ``directory_lock`` on the same path in the same process
+    refuses too.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> with directory_lock(out, kind="analysis directory"):
+    ...     try:
+    ...         with directory_lock(out, kind="analysis directory"):
+    ...             pass
+    ...     except DirectoryLockedError as exc:
+    ...         print(str(exc).split(" is being")[0] == f"analysis directory {out}")
+    True
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    handle = open(path / lock_name, "a+")
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise error(
+                    f"{kind} {path} is being written by {holder}; wait for it to finish or use another {kind}"
+                ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()}")
+        handle.flush()
+        yield path
+    finally:
+        handle.close()  # closing releases the flock
 
 
 def utc_now() -> str:
@@ -105,26 +160,8 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run's lock; raise :class:`RunLockedError` if another process holds it."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.lock_path, "a+")
-        try:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "another process"
-                    raise RunLockedError(
-                        f"run directory {self.path} is being written by {holder}; "
-                        "wait for it to finish or use another run directory"
-                    ) from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {platform.node()}")
-            handle.flush()
+        with directory_lock(self.path, kind="run directory", lock_name=self.lock_path.name, error=RunLockedError):
             yield
-        finally:
-            handle.close()  # closing releases the flock
 
     # JSON files -----------------------------------------------------------------
     def write_json(self, path: Path, data: dict) -> None:
