@@ -24,6 +24,7 @@ state restart an interrupted run, moving its leftovers to ``seed<k>.interrupted-
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import statistics
@@ -37,6 +38,7 @@ from torch import nn
 
 from geokd.studies import Study
 from geokd.train import RunDir, TrainConfig, train
+from geokd.train.runs import directory_lock
 
 __all__ = ["PlannedRun", "StudyTable", "plan_study", "run_study", "tabulate_study", "write_table",
            "estimate_study_seconds", "inference_seconds_per_image", "graph_distances"]
@@ -97,6 +99,18 @@ def _train_one(config: TrainConfig, run_dir: str, device: str, resume: bool, sys
     _execute(config, run_dir, system=system, params=params or {}, device=device, resume=resume, progress=False)
 
 
+def _holding_study_lock(run):
+    # <out>/<study>/.lock (geokd.train.runs.directory_lock) is held while the study trains
+    # and writes its table: a second process reproducing the same study refuses at once
+    # (DirectoryLockedError naming the directory and the holder's pid).
+    @functools.wraps(run)
+    def locked(study, *, out="runs", **options):
+        with directory_lock(Path(out) / study.name, kind="study directory"):
+            return run(study, out=out, **options)
+    return locked
+
+
+@_holding_study_lock
 def run_study(study: Study, *, out: str | Path = "runs", device: str | torch.device = "cpu", jobs: int = 1,
               on_run_start: Callable[[PlannedRun, int, int], None] | None = None,
               on_epoch_end: Callable[[PlannedRun, dict], None] | None = None,
