@@ -14,7 +14,7 @@ from geokd.reproduce import graph_distances, inference_seconds_per_image, plan_s
 from geokd.studies import load_study
 from geokd.train import RunDir
 
-TINY_STUDY = """
+TINY_BASE = """
 [study]
 name = "tiny"
 description = "tiny digits study for tests"
@@ -39,7 +39,9 @@ params = { depth = 10, widen_factor = 1.0, in_channels = 1 }
 [student.model]
 name = "wrn"
 params = { depth = 10, widen_factor = 0.5, in_channels = 1 }
+"""
 
+TINY_STUDY = TINY_BASE + """
 [[methods]]
 name = "baseline"
 terms = []

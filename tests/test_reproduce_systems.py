@@ -12,34 +12,11 @@ from geokd.errors import ConfigError
 from geokd.reproduce import plan_study, run_study
 from geokd.studies import load_study
 from geokd.train import RunDir
+from tests.test_reproduce import TINY_BASE
 
-SYSTEMS_STUDY = """
-[study]
-name = "tiny-systems"
-description = "tiny digits study of the system rows"
-seeds = [0, 1]
-notes = "The system rows train the same student."
-
-[base.data]
-name = "digits"
-batch_size = 64
-eval_batch_size = 540
-
-[base.run]
-threads = 1
-
-[base.schedule]
-epochs = 2
-milestones = [1]
-
-[teacher.model]
-name = "wrn"
-params = { depth = 10, widen_factor = 1.0, in_channels = 1 }
-
-[student.model]
-name = "wrn"
-params = { depth = 10, widen_factor = 0.5, in_channels = 1 }
-"""
+# The tiny study of test_reproduce (digits, 2 seeds, 2 epochs, WRN-10-1 -> WRN-10-0.5) with system rows.
+SYSTEMS_STUDY = TINY_BASE.replace('name = "tiny"\n', 'name = "tiny-systems"\n'
+                                  'notes = "The system rows train the same student."\n', 1)
 
 ROWS = """
 [[methods]]
@@ -57,14 +34,6 @@ system = "selective"
 ce_weight = 0.1
 terms = [{ loss = "kd", weight = 0.9 }]
 """
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _study(tmp_path, methods: str, name: str = "study.toml"):
