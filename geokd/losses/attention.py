@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from geokd.graphs._numerics import full_precision, pow2_scale, squared_norms_in_range, working
 from geokd.losses._util import (
