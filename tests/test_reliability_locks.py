@@ -103,12 +103,22 @@ def _analyze_args(paths, out):
             "--per-class", "10", "--k", "3", "--output-on", "nodes", "--out", str(out)]
 
 
-def test_second_analyze_process_refuses_a_directory_being_written(tmp_path, checkpoints):
-    out = tmp_path / "analysis"
+def _start_analyze(checkpoints, out) -> subprocess.Popen:
+    """A slowed-down ``geokd analyze`` process, returned once it has written a partial table."""
     holder = subprocess.Popen([sys.executable, "-c", ANALYZE_HOLDER, *_analyze_args(checkpoints, out)], env=ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(out / "metrics.csv", holder, what="wrote a partial table")
+    except BaseException:
+        _stop(holder)
+        raise
+    return holder
+
+
+def test_second_analyze_process_refuses_a_directory_being_written(tmp_path, checkpoints):
+    out = tmp_path / "analysis"
+    holder = _start_analyze(checkpoints, out)
+    try:
         before = (out / "metrics.csv").read_bytes()
         count_case("concurrency.locked_analysis")
         second = subprocess.run([sys.executable, "-m", "geokd", *_analyze_args(checkpoints, out)], env=ENV,
@@ -130,10 +140,8 @@ def test_lock_of_a_killed_analyze_process_does_not_block_the_next(tmp_path, chec
     from geokd.cli import analyze, build_parser, main
 
     out = tmp_path / "analysis"
-    holder = subprocess.Popen([sys.executable, "-c", ANALYZE_HOLDER, *_analyze_args(checkpoints, out)], env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = _start_analyze(checkpoints, out)
     try:
-        _wait_for(out / "metrics.csv", holder, what="wrote a partial table")
         # In-process callers (geokd reproduce's closing analysis) get the exception itself.
         count_case("concurrency.locked_analysis")
         args = build_parser().parse_args(_analyze_args(checkpoints, out))
