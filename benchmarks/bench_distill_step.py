@@ -87,11 +87,13 @@ def _stepper_for(parts: TrainingParts, config: TrainConfig, terms, *, device: to
         teacher_points=parts.teacher_points, terms=list(terms), model_config=parts.model_config,
     )
     params = [p for p in student.parameters() if p.requires_grad]
+    n_student = len(params)
     for term in terms:
         params += [p for p in term.module.parameters() if p.requires_grad]
     optimizer = _optimizer(config, params)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    return _Stepper(own, config, DistributedContext(), device, params, optimizer, scaler), own
+    return (_Stepper(own, config, DistributedContext(), device, params, optimizer, scaler,
+                     n_student=n_student), own)
 
 
 def build_cases(parts: TrainingParts, config: TrainConfig, *, device: torch.device) -> list[Case]:

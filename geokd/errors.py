@@ -20,3 +20,11 @@ class DataIntegrityError(ValueError):
 
 class ConfigError(ValueError):
     """A configuration is invalid: unknown key, wrong type or impossible value."""
+
+
+class DirectoryLockedError(RuntimeError):
+    """Another live process is writing this directory (its message names the holder)."""
+
+
+class RunLockedError(DirectoryLockedError):
+    """Another live process is writing this run directory."""

@@ -218,7 +218,9 @@ def test_second_reproduce_process_refuses_a_study_being_written(tmp_path):
         second = subprocess.run([sys.executable, "-m", "geokd", "reproduce", str(study_file), "--out", str(out),
                                  "--yes", "--no-figures", "--jobs", "1"],
                                 env=ENV, capture_output=True, text=True, timeout=300)
-        assert second.returncode != 0, second.stdout
+        # The CLI's plain one-line error (exit 2), not a traceback.
+        assert second.returncode == 2, second.stderr
+        assert "Traceback" not in second.stderr, second.stderr
         assert f"study directory {study_dir} is being written by pid {holder.pid}" in second.stderr
         assert (study_dir / "teacher" / "seed0" / "metrics.jsonl").read_bytes().startswith(before)
         _, err = holder.communicate(timeout=600)

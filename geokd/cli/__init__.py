@@ -14,6 +14,7 @@ import pkgutil
 import sys
 
 from geokd import __version__
+from geokd.errors import DirectoryLockedError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, DirectoryLockedError) as exc:
         # Library errors already say what was expected and what came: show them plainly.
         print(f"geokd {args.command}: error: {exc}", file=sys.stderr)
         return 2

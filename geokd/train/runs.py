@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 import geokd
+from geokd.errors import DirectoryLockedError, RunLockedError
 from geokd.train.state import atomic_write_bytes
 
 __all__ = ["DirectoryLockedError", "RunDir", "RunLockedError", "directory_lock", "environment_info",
@@ -50,14 +51,6 @@ try:  # POSIX advisory locks; elsewhere fall back to an exclusive-create file.
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None
-
-
-class DirectoryLockedError(RuntimeError):
-    """Another live process is writing this directory (its message names the holder)."""
-
-
-class RunLockedError(DirectoryLockedError):
-    """Another live process is writing this run directory."""
 
 
 @contextlib.contextmanager
