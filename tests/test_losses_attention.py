@@ -106,16 +106,31 @@ def test_resize_pool_equals_pooling_first():
     assert float(got_t) == pytest.approx(float(expected), rel=1e-12)
 
 
-def test_module_skips_pooled_vectors_by_default_and_selects_layers():
+def test_module_refuses_a_pooled_vector_instead_of_dropping_it_and_selects_layers():
+    # The WRN's default sensing points end with the pooled vector: comparing only the maps
+    # silently distilled one stage fewer than the paper's every-stage recipe.
     torch.manual_seed(2)
     maps = [torch.rand(2, 3, 4, 4), torch.rand(2, 6)]
     tmaps = [torch.rand(2, 5, 4, 4), torch.rand(2, 9)]
     s, t = ModelOutputs(torch.zeros(2, 3), maps), ModelOutputs(torch.zeros(2, 3), tmaps)
-    loss = build_loss("attention")
-    assert float(loss(s, t, None)) == pytest.approx(float(attention_transfer_loss(maps[:1], tmaps[:1])))
+    with pytest.raises(ValueError, match=r"attention: layer 1 \('pool'\) is a pooled \(B, C\) vector of shape \(2, 6\)"
+                                         r".*tap the stage outputs before pooling.*or choose the maps with layers=\[0\]"):
+        AttentionTransfer(student_taps=("layer1", "pool"))(s, t, None)
+    chosen = AttentionTransfer(layers=[0])
+    assert float(chosen(s, t, None)) == pytest.approx(float(attention_transfer_loss(maps[:1], tmaps[:1])))
     with pytest.raises(ValueError, match=r"layer 1: expected a \(B, C, H, W\) student feature map, got \(2, 6\)"):
         AttentionTransfer(layers=[0, 1])(s, t, None)
-    with pytest.raises(ValueError, match="layer index 5 is out of range for 2 sensing points"):
+
+
+def test_default_compares_every_map():
+    torch.manual_seed(3)
+    maps = [torch.rand(2, 3, 8, 8), torch.rand(2, 4, 4, 4), torch.rand(2, 6, 2, 2)]
+    tmaps = [torch.rand(2, 5, 8, 8), torch.rand(2, 7, 4, 4), torch.rand(2, 9, 2, 2)]
+    s, t = ModelOutputs(torch.zeros(2, 3), maps), ModelOutputs(torch.zeros(2, 3), tmaps)
+    got = build_loss("attention")(s, t, None)
+    want = numpy_at_loss([m.double().numpy() for m in maps], [m.double().numpy() for m in tmaps])
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="layer index 5 is out of range for 3 sensing points"):
         AttentionTransfer(layers=[5])(s, t, None)
 
 
@@ -125,7 +140,7 @@ def test_module_skips_pooled_vectors_by_default_and_selects_layers():
         ([torch.rand(2, 3, 4, 4)], [torch.rand(3, 3, 4, 4)], "student batch has 2 inputs, teacher batch has 3"),
         ([torch.rand(2, 3, 4, 4)], [], "as many student as teacher sensing points"),
         ([torch.full((2, 3, 4, 4), float("nan"))], [torch.rand(2, 3, 4, 4)], "student features contains 96 non-finite"),
-        ([torch.rand(2, 6)], [torch.rand(2, 6)], r"at least one \(B, C, H, W\) feature map"),
+        ([torch.rand(2, 6)], [torch.rand(2, 6)], r"layer 0 is a pooled \(B, C\) vector .*for a WRN\)$"),
     ],
 )
 def test_bad_features(s_feats, t_feats, match):

@@ -1,5 +1,8 @@
 """IEP: first principal direction, stereographic map, incremental PCA (vs scikit-learn),
-PCA-vs-IPCA switch, MPNN, teacher fit and student loss."""
+PCA-vs-IPCA switch, MPNN, teacher fit and student loss.
+
+The trainer-level two-stage recipe (fit on a real digits teacher, then frozen while the
+student trains) is tested in tests/test_losses_training.py."""
 
 import numpy as np
 import pytest
@@ -191,20 +194,68 @@ def test_student_loss_zero_on_the_teacher_positive_otherwise_and_grads_reach_onl
     assert all(p.grad is None for p in iep.mpnns.parameters())
 
 
-def test_loss_term_on_model_outputs_declares_clipping_and_trains_the_mpnn_only_from_the_teacher():
+def _fixed_taps(batches):
+    """Teacher taps over fixed feature lists: batch ``x`` (an int) picks one."""
+    return lambda x: ModelOutputs(torch.zeros(16, 3), batches[x])
+
+
+def test_term_fit_hook_fits_ipca_and_mpnns_on_the_teacher_then_freezes_them():
     torch.manual_seed(0)
-    term = IEPLoss(channels=(8, 16, 32))
-    assert term.clip_to_task_gradient is True
+    term = IEPLoss(channels=(8, 16, 32), fit_epochs=4)
+    assert (term.clip_to_task_gradient, IEPLoss(channels=(8, 16)).fit_epochs, term.fit_lr) == (True, 20, 0.1)
+    batches = [_stage_features(seed) for seed in range(3)]
+    start = {k: v.clone() for k, v in term.state_dict().items()}
+    history = term.fit_teacher(_fixed_taps(batches), [(i, None) for i in range(3)], epochs=term.fit_epochs)
+    assert len(history) == 4 and history[-1] < history[0]
+    # 4 epochs x 3 batches of 16 inputs went into every layer's IPCA.
+    assert all(int(pca.n_samples_seen) == 4 * 3 * 16 for pca in term.iep.pcas)
+    assert int(term.iep.fitted_epochs) == 4
+    assert not term.iep.mpnns.training and all(p.grad is None and not p.requires_grad for p in term.parameters())
+    assert any(not torch.equal(v, start[k]) for k, v in term.state_dict().items() if k.startswith("iep.mpnns"))
+
+
+def test_term_value_is_the_distillation_alone_its_gradient_the_students_and_the_ipca_stays():
+    torch.manual_seed(0)
+    term = IEPLoss(channels=(8, 16, 32), fit_epochs=1)
     t = _stage_features(0)
+    term.fit_teacher(_fixed_taps([t]), [(0, None)], epochs=1)
+    fitted = {k: v.clone() for k, v in term.state_dict().items()}
+    term.train()  # even in training mode: no fit loss is added, the IPCA is not updated
     s = [f.clone().requires_grad_() for f in _stage_features(1)]
-    value = term(ModelOutputs(torch.zeros(16, 3), s), ModelOutputs(torch.zeros(16, 3), t), None)
+    value = term(ModelOutputs(torch.zeros(16, 3), s), ModelOutputs(torch.zeros(16, 3), _stage_features(2)), None)
     value.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in term.parameters())
-    # The same value without the fit part: the student's gradient equals the distillation's.
     s2 = [f.detach().clone().requires_grad_() for f in s]
-    term.iep.distillation_loss(s2, t).backward()
+    term.iep.distillation_loss(s2, _stage_features(2)).backward()
     for a, b in zip(s, s2):
         torch.testing.assert_close(a.grad, b.grad)
+    assert all(p.grad is None for p in term.parameters())
+    assert all(torch.equal(v, fitted[k]) for k, v in term.state_dict().items())
+
+
+def test_fitted_state_round_trips_through_the_state_dict():
+    # What makes a resumed run bit-exact: the saved term state alone reproduces the term.
+    torch.manual_seed(0)
+    term = IEPLoss(channels=(8, 16, 32), fit_epochs=2)
+    t, s = _stage_features(0), _stage_features(1)
+    term.fit_teacher(_fixed_taps([t, s]), [(0, None), (1, None)], epochs=2)
+    torch.manual_seed(9)
+    fresh = IEPLoss(channels=(8, 16, 32))
+    fresh.load_state_dict(term.state_dict())
+    fresh.eval()
+    out_s, out_t = ModelOutputs(torch.zeros(16, 3), s), ModelOutputs(torch.zeros(16, 3), t)
+    assert torch.equal(fresh(out_s, out_t), term(out_s, out_t))
+
+
+def test_an_unfitted_mpnn_is_refused_and_fit_parameters_are_checked():
+    t = _stage_features(0)
+    with pytest.raises(ValueError, match="IEP: the teacher-side network is not fitted; call fit_teacher"):
+        IEPLoss(channels=(8, 16, 32))(ModelOutputs(torch.zeros(16, 3), t), ModelOutputs(torch.zeros(16, 3), t))
+    for kwargs, match in [({"fit_epochs": 0}, "fit_epochs"), ({"fit_epochs": True}, "fit_epochs"),
+                          ({"fit_lr": -1.0}, "fit_lr"), ({"teacher_taps": [""]}, "teacher_taps")]:
+        with pytest.raises(ValueError, match=match):
+            IEPLoss(channels=(8, 16), **kwargs)
+    with pytest.raises(ValueError, match="IEP: needs the teacher"):
+        IEPLoss(channels=(8, 16, 32))(ModelOutputs(torch.zeros(16, 3), t), None)
 
 
 def test_bad_inputs_are_named():
@@ -223,6 +274,7 @@ def test_bad_inputs_are_named():
         first_singular_pair(torch.zeros(2, 3, 2, 2))
     iep = IEP(channels=(8, 16, 32))
     t = _stage_features(0)
+    iep.fit_teacher([t], epochs=1)
     with pytest.raises(ValueError, match=r"student layer 1: expected \(B, 16, H, W\)"):
         iep.distillation_loss([t[0], torch.zeros(16, 12, 2, 2), t[2]], t)
     with pytest.raises(ValueError, match="spatial positions"):
@@ -234,6 +286,7 @@ def test_bad_inputs_are_named():
 def test_non_finite_student_is_refused():
     iep = IEP(channels=(8, 16, 32))
     t = _stage_features(0)
+    iep.fit_teacher([t], epochs=1)
     bad = [t[0].clone(), t[1], t[2]]
     bad[0][0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="student layer 0: expected finite"):

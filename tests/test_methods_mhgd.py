@@ -1,4 +1,7 @@
-"""MHGD: singular-vector embeddings, 8-head attention graphs, teacher fit, student KL."""
+"""MHGD: singular-vector embeddings, 8-head attention graphs, teacher fit, student KL.
+
+The trainer-level two-stage recipe (fit on a real digits teacher, then frozen while the
+student trains) is tested in tests/test_losses_training.py."""
 
 import numpy as np
 import pytest
@@ -88,23 +91,82 @@ def test_teacher_fit_learns_to_predict_the_next_layer():
     assert history[-1] < 0.7 * history[0]
 
 
-def test_gradients_reach_the_student_not_the_attention_and_the_term_fits_the_teacher():
+class _CountingTaps:
+    """Teacher taps over fixed feature lists: batch ``x`` (an int) picks one."""
+
+    def __init__(self, batches):
+        self.batches, self.calls = batches, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return ModelOutputs(torch.zeros(12, 3), self.batches[x])
+
+
+def test_term_fit_hook_reads_the_teacher_taps_every_epoch_then_freezes_the_attention():
     torch.manual_seed(0)
-    term = MHGDLoss(channels=(8, 16, 32))
+    term = MHGDLoss(channels=(8, 16, 32), fit_epochs=3)
+    taps = _CountingTaps([_features(seed) for seed in range(2)])
+    start = {k: v.clone() for k, v in term.state_dict().items()}
+    history = term.fit_teacher(taps, [(0, None), (1, None)], epochs=term.fit_epochs)
+    assert len(history) == 3 and taps.calls == 6  # 3 epochs x 2 batches
+    assert int(term.mhgd.fitted_epochs) == 3
+    assert not term.mhgd.attention.training and not any(p.requires_grad for p in term.parameters())
+    changed = [k for k, v in term.state_dict().items() if not torch.equal(v, start[k])]
+    assert any("sender" in k for k in changed)  # the attention itself was trained
+
+
+def test_term_value_is_the_distillation_alone_and_reaches_only_the_student():
+    torch.manual_seed(0)
+    term = MHGDLoss(channels=(8, 16, 32), fit_epochs=1)
     t = _features(0)
+    term.fit_teacher(_CountingTaps([t]), [(0, None)], epochs=1)
     s = [f.clone().requires_grad_() for f in _features(1)]
-    term.eval()  # distillation only
-    term(ModelOutputs(torch.zeros(12, 3), s), ModelOutputs(torch.zeros(12, 3), t)).backward()
+    term.train()  # even in training mode (the trainer keeps it in eval mode): no fit loss is added
+    value = term(ModelOutputs(torch.zeros(12, 3), s), ModelOutputs(torch.zeros(12, 3), t))
+    assert float(value.detach()) == pytest.approx(float(term.mhgd.distillation_loss(s, t).detach()), rel=1e-6)
+    value.backward()
     assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in s)
     assert all(p.grad is None for p in term.parameters())
-    term.train()  # + the teacher fit: now the attention learns
-    term(ModelOutputs(torch.zeros(12, 3), s), ModelOutputs(torch.zeros(12, 3), t)).backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in term.parameters())
+
+
+def test_fitted_state_round_trips_through_the_state_dict():
+    # What makes a resumed run bit-exact: the saved term state alone reproduces the term.
+    torch.manual_seed(0)
+    term = MHGDLoss(channels=(8, 16, 32), fit_epochs=2)
+    t, s = _features(0), _features(1)
+    term.fit_teacher(_CountingTaps([t]), [(0, None)], epochs=2)
+    torch.manual_seed(5)
+    fresh = MHGDLoss(channels=(8, 16, 32))
+    fresh.load_state_dict(term.state_dict())
+    fresh.eval()
+    out_s, out_t = ModelOutputs(torch.zeros(12, 3), s), ModelOutputs(torch.zeros(12, 3), t)
+    assert torch.equal(fresh(out_s, out_t), term(out_s, out_t))
+
+
+def test_an_unfitted_attention_is_refused():
+    term = MHGDLoss(channels=(8, 16, 32))
+    t = _features(0)
+    with pytest.raises(ValueError, match="MHGD: the teacher-side network is not fitted; call fit_teacher"):
+        term(ModelOutputs(torch.zeros(12, 3), t), ModelOutputs(torch.zeros(12, 3), t))
+
+
+def test_paper_defaults_and_bad_fit_parameters():
+    term = MHGDLoss(channels=(8, 16))
+    assert (term.fit_epochs, term.fit_lr, term.clip_to_task_gradient) == (40, 0.1, False)
+    assert term.student_taps is None and term.teacher_taps is None
+    for kwargs, match in [({"fit_epochs": 0}, "fit_epochs"), ({"fit_epochs": 2.5}, "fit_epochs"),
+                          ({"fit_lr": 0}, "fit_lr"), ({"fit_lr": float("nan")}, "fit_lr"),
+                          ({"student_taps": "layer1"}, "student_taps")]:
+        with pytest.raises(ValueError, match=match):
+            MHGDLoss(channels=(8, 16), **kwargs)
+    with pytest.raises(ValueError, match="epochs to be an integer >= 1"):
+        MHGD(channels=(8, 16)).fit_teacher([_features(0)[:2]], epochs=0)
 
 
 def test_bad_inputs_are_named():
     mhgd = MHGD(channels=(8, 16, 32))
     t = _features(0)
+    mhgd.fit_teacher([t], epochs=1)
     with pytest.raises(ValueError, match=r"student layer 2: expected \(B, 32, H, W\) or \(B, 32\)"):
         mhgd.distillation_loss([t[0], t[1], torch.zeros(12, 31)], t)
     with pytest.raises(ValueError, match="at least 2 sensing points"):
@@ -113,5 +175,7 @@ def test_bad_inputs_are_named():
         MHGD(channels=(8, 16), heads=0)
     with pytest.raises(ValueError, match="NaN"):
         singular_embedding(torch.full((2, 3, 2, 2), float("nan")))
-    with pytest.raises(ValueError, match="needs the teacher"):
+    with pytest.raises(ValueError, match="MHGD: needs the teacher"):
         MHGDLoss(channels=(8, 16, 32))(ModelOutputs(torch.zeros(12, 3), t), None)
+    with pytest.raises(ValueError, match="expected at least one batch"):
+        MHGD(channels=(8, 16, 32)).fit_teacher([], epochs=1)

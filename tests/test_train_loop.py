@@ -98,6 +98,40 @@ PARTS_SOURCE = textwrap.dedent(
             return ((self.regressor(student.features[1]) - teacher.features[1]) ** 2).mean()
 
 
+    class FitProbe(nn.Module):
+        """A term with a teacher-fitting stage: a linear probe of the teacher's pooled
+        features fitted to the teacher's logits (through dropout, so the fit draws random
+        numbers), then frozen; the term pulls the student's logits toward the probe's."""
+
+        fit_epochs = 2
+
+        def __init__(self):
+            super().__init__()
+            self.probe = nn.Sequential(nn.Dropout(0.2), nn.Linear(512, 10))
+            self.fit_calls = 0
+
+        def fit_teacher(self, teacher_taps, batches, *, epochs, device):
+            self.fit_calls += 1
+            optimizer = torch.optim.SGD(self.probe.parameters(), lr=0.01)
+            self.train()
+            history = []
+            for _ in range(epochs):
+                losses = []
+                for x, _ in batches:
+                    with torch.no_grad():
+                        teacher = teacher_taps(x)
+                    loss = ((self.probe(teacher.features[1]) - teacher.logits) ** 2).mean()
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(loss.item())
+                history.append(sum(losses) / len(losses))
+            return history
+
+        def forward(self, student, teacher, labels):
+            return ((student.logits - self.probe(teacher.features[1])) ** 2).mean()
+
+
     def digits(split):
         d = load_digits()
         x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
@@ -126,7 +160,8 @@ PARTS_SOURCE = textwrap.dedent(
 )
 _namespace: dict = {}
 exec(compile(PARTS_SOURCE, "train_parts", "exec"), _namespace)
-make_parts, TinyNet, GramLoss, HintLoss = (_namespace[k] for k in ("make_parts", "TinyNet", "GramLoss", "HintLoss"))
+make_parts, TinyNet, GramLoss, HintLoss, FitProbe = (
+    _namespace[k] for k in ("make_parts", "TinyNet", "GramLoss", "HintLoss", "FitProbe"))
 
 QUICK = {"data": {"batch_size": 64}, "optim": {"lr": 0.05}, "schedule": {"epochs": 3, "milestones": [2], "gamma": 0.1}}
 
@@ -197,12 +232,9 @@ def test_teacher_stays_frozen_in_eval_mode_and_terms_are_logged(tmp_path):
     assert all(m["train_cross_entropy"] > 0 for m in result.metrics)
 
 
-@pytest.mark.parametrize("ce_weight", [1.0, 0.25])
-def test_one_step_gradient_equals_hand_computed_ce_plus_lambda_term(tmp_path, ce_weight):
-    """One SGD step (no momentum, no decay) moves the weights by -lr * grad(w_CE CE + lambda * term)."""
-    teacher = frozen_teacher()
-    lam, lr = 3.0, 0.1
-    parts = make_parts(0, teacher=teacher, terms=[Term("gram", lam, GramLoss())], dropout=0.0)
+def _one_batch_run(parts):
+    """Train on the first 64 digits only (one step per epoch); returns a copy of the
+    student and the step's batch ``(x, y)``, drawn as ``Batches`` draws it for seed 0."""
     xtr, ytr = _namespace["digits"]("train")
     parts.train_batches.x, parts.train_batches.y = xtr[:64], ytr[:64]
     reference = TinyNet(width=8, dropout=0.0)
@@ -211,16 +243,26 @@ def test_one_step_gradient_equals_hand_computed_ce_plus_lambda_term(tmp_path, ce
     order = torch.randperm(64, generator=gen)
     flip = torch.rand(64, generator=gen) < 0.5
     x = xtr[:64][order]
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    y = ytr[:64][order]
+    return reference, torch.where(flip[:, None, None, None], x.flip(-1), x), ytr[:64][order]
+
+
+ONE_STEP = {"optim": {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}, "schedule": {"epochs": 1, "milestones": []}}
+
+
+@pytest.mark.parametrize("ce_weight", [1.0, 0.25])
+def test_one_step_gradient_equals_hand_computed_ce_plus_lambda_term(tmp_path, ce_weight):
+    """One SGD step (no momentum, no decay) moves the weights by -lr * grad(w_CE CE + lambda * term)."""
+    teacher = frozen_teacher()
+    lam, lr = 3.0, 0.1
+    parts = make_parts(0, teacher=teacher, terms=[Term("gram", lam, GramLoss())], dropout=0.0)
+    reference, x, y = _one_batch_run(parts)
     out = reference.outputs(x)
     with torch.no_grad():
         t_out = teacher.outputs(x)
     loss = ce_weight * F.cross_entropy(out.logits, y) + lam * GramLoss()(out, t_out, y)
     grads = torch.autograd.grad(loss, list(reference.parameters()))
     expected = [p.detach() - lr * g for p, g in zip(reference.parameters(), grads)]
-    config = quick_config(optim={"lr": lr, "momentum": 0.0, "weight_decay": 0.0}, schedule={"epochs": 1, "milestones": []},
-                          ce_weight=ce_weight)
+    config = quick_config(**ONE_STEP, ce_weight=ce_weight)
     result = fit(parts, config, run_dir=tmp_path / "r", progress=False)
     for p, e in zip(result.model.parameters(), expected):
         torch.testing.assert_close(p.detach(), e, rtol=1e-5, atol=1e-6)
@@ -265,15 +307,7 @@ def test_clip_to_task_gradient_scales_the_distillation_gradient(tmp_path):
 
     lr = 0.1
     parts = make_parts(0, teacher=teacher, terms=[Term("gram", 1e6, ClippedGram())], dropout=0.0)
-    xtr, ytr = _namespace["digits"]("train")
-    parts.train_batches.x, parts.train_batches.y = xtr[:64], ytr[:64]
-    reference = TinyNet(width=8, dropout=0.0)
-    reference.load_state_dict(parts.student.state_dict())
-    gen = torch.Generator().manual_seed(0)
-    order = torch.randperm(64, generator=gen)
-    flip = torch.rand(64, generator=gen) < 0.5
-    x = torch.where(flip[:, None, None, None], xtr[:64][order].flip(-1), xtr[:64][order])
-    y = ytr[:64][order]
+    reference, x, y = _one_batch_run(parts)
     out = reference.outputs(x)
     with torch.no_grad():
         t_out = teacher.outputs(x)
@@ -285,10 +319,149 @@ def test_clip_to_task_gradient_scales_the_distillation_gradient(tmp_path):
     scale = min(1.0, float(norm(g_ce) / norm(g_d)))
     assert scale < 1e-3  # the clip really acts
     expected = [p.detach() - lr * (a + scale * b) for p, a, b in zip(params, g_ce, g_d)]
-    config = quick_config(optim={"lr": lr, "momentum": 0.0, "weight_decay": 0.0}, schedule={"epochs": 1, "milestones": []})
-    result = fit(parts, config, run_dir=tmp_path / "r", progress=False)
+    result = fit(parts, quick_config(**ONE_STEP), run_dir=tmp_path / "r", progress=False)
     for p, e in zip(result.model.parameters(), expected):
         torch.testing.assert_close(p.detach(), e, rtol=1e-4, atol=1e-6)
+
+
+def test_clipping_norms_and_scales_the_students_gradient_only_not_the_loss_modules_own(tmp_path):
+    """Oracle by hand: scale = min(1, |g_CE| / |g_term|), both norms over the student's
+    parameters; the term's own regressor gets its unscaled gradient. (The old loop took the
+    norms over every optimized parameter, the regressor's too, and scaled the regressor's
+    gradient as well.)"""
+    teacher = frozen_teacher()
+    lam, lr = 50.0, 0.1
+
+    class ClippedHint(HintLoss):
+        clip_to_task_gradient = True
+        init_epochs = 0
+
+    torch.manual_seed(3)
+    hint = ClippedHint()
+    regressor_start = [p.detach().clone() for p in hint.parameters()]
+    parts = make_parts(0, teacher=teacher, terms=[Term("hint", lam, hint)], dropout=0.0)
+    reference, x, y = _one_batch_run(parts)
+    ref_hint = ClippedHint()
+    ref_hint.load_state_dict(hint.state_dict())
+    out = reference.outputs(x)
+    with torch.no_grad():
+        t_out = teacher.outputs(x)
+    student = list(reference.parameters())
+    own = list(ref_hint.parameters())
+    g_ce = torch.autograd.grad(F.cross_entropy(out.logits, y), student, retain_graph=True)
+    g_d = torch.autograd.grad(lam * ref_hint(out, t_out, y), student + own, allow_unused=True)
+    g_ds = [torch.zeros_like(p) if g is None else g for p, g in zip(student, g_d[: len(student)])]
+    g_own = g_d[len(student):]
+    norm = lambda gs: torch.sqrt(sum((g.double() ** 2).sum() for g in gs))  # noqa: E731
+    scale = min(1.0, float(norm(g_ce) / norm(g_ds)))
+    expected = [start.detach() - lr * (a + scale * b) for start, a, b in zip(student, g_ce, g_ds)]
+    # What the old loop did, to show this oracle tells the two apart: norms over student +
+    # regressor, and the regressor's gradient scaled too.
+    old_scale = min(1.0, float(norm(g_ce) / torch.sqrt(norm(g_ds) ** 2 + norm(g_own) ** 2)))
+    old = [start.detach() - lr * (a + old_scale * b) for start, a, b in zip(student, g_ce, g_ds)]
+    assert scale < 0.5 and old_scale < 0.9 * scale
+    assert max(float((e - o).abs().max()) for e, o in zip(expected, old)) > 1e-4
+    result = fit(parts, quick_config(**ONE_STEP), run_dir=tmp_path / "r", progress=False)
+    for p, e in zip(result.model.parameters(), expected):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-4, atol=1e-6)
+    for p, start, g in zip(hint.parameters(), regressor_start, g_own):
+        torch.testing.assert_close(p.detach(), start - lr * g, rtol=1e-4, atol=1e-6)
+
+
+class _WatchedProbe(FitProbe):
+    """FitProbe recording what the trainer did around its fitting stage."""
+
+    def __init__(self, student):
+        super().__init__()
+        self.student_at_fit, self.after_fit, self.modes = None, None, []
+        self.read_student = lambda: student.state_dict()  # not a submodule: the trainer freezes this module
+
+    def fit_teacher(self, teacher_taps, batches, *, epochs, device):
+        self.student_at_fit = {k: v.clone() for k, v in self.read_student().items()}
+        self.fit_epochs_given = epochs
+        history = super().fit_teacher(teacher_taps, batches, epochs=epochs, device=device)
+        self.after_fit = {k: v.clone() for k, v in self.state_dict().items()}
+        return history
+
+    def forward(self, student, teacher, labels):
+        self.modes.append((self.training, any(p.requires_grad for p in self.parameters())))
+        return super().forward(student, teacher, labels)
+
+
+def test_teacher_fitting_stage_runs_once_before_the_first_step_then_the_term_stays_frozen(tmp_path):
+    teacher = frozen_teacher()
+    parts = make_parts(0, teacher=teacher)
+    initial = {k: v.clone() for k, v in parts.student.state_dict().items()}
+    probe = _WatchedProbe(parts.student)
+    parts.terms = [Term("probe", 0.5, probe), Term("gram", 0.005, GramLoss())]
+    assert parts.terms[0].fit_epochs == 2 and parts.terms[1].fit_epochs == 0
+    result = fit(parts, quick_config(), run_dir=tmp_path / "r", progress=False)
+    assert probe.fit_calls == 1 and probe.fit_epochs_given == 2
+    assert all(torch.equal(v, initial[k]) for k, v in probe.student_at_fit.items())  # before any student step
+    # While the student trained: eval mode, no gradient, unchanged (not in the optimizer: no decay either).
+    assert probe.modes and set(probe.modes) == {(False, False)}
+    assert all(p.grad is None for p in probe.parameters())
+    assert all(torch.equal(v, probe.after_fit[k]) for k, v in probe.state_dict().items())
+    state = read_state(RunDir(tmp_path / "r").state_path)
+    n_student = len(list(parts.student.parameters()))
+    assert len(state["optimizer"]["param_groups"][0]["params"]) == n_student
+    assert all(torch.equal(state["terms"][0][k], v) for k, v in probe.after_fit.items())
+    # The fitting losses, one per fitting epoch, in the first epoch's record only.
+    first, later = result.metrics[0], result.metrics[1:]
+    fit_log = first["teacher_fit"]["probe"]
+    assert fit_log["epochs"] == 2 and len(fit_log["loss"]) == 2 and fit_log["loss"][1] < fit_log["loss"][0]
+    assert set(first["teacher_fit"]) == {"probe"} and all("teacher_fit" not in m for m in later)
+    assert result.train_seconds >= fit_log["seconds"] + sum(m["seconds"] for m in result.metrics) - 1e-6
+
+
+def _probe_parts(seed_offset=0):
+    teacher = frozen_teacher()
+    torch.manual_seed(11)
+    probe = FitProbe()
+    parts = make_parts(0, teacher=teacher, terms=[Term("probe", 0.5, probe), Term("gram", 0.005, GramLoss())])
+    return parts, probe
+
+
+class _Interrupt(RuntimeError):
+    pass
+
+
+def test_resume_after_the_fitting_stage_skips_it_and_is_bit_exact(tmp_path):
+    config = quick_config(schedule={"epochs": 4, "milestones": [2]})
+    straight_parts, _ = _probe_parts()
+    fit(straight_parts, config, run_dir=tmp_path / "straight", progress=False)
+
+    def stop_after_two(record):
+        if record["epoch"] == 2:
+            raise _Interrupt("stopped after epoch 2")
+
+    parts, _ = _probe_parts()
+    with pytest.raises(_Interrupt):
+        fit(parts, config, run_dir=tmp_path / "cut", on_epoch_end=stop_after_two, progress=False)
+    assert read_state(RunDir(tmp_path / "cut").state_path)["epoch"] == 2
+    parts, probe = _probe_parts()
+    resumed = fit(parts, config, run_dir=tmp_path / "cut", resume=True, progress=False)
+    assert resumed.resumed_from_epoch == 2 and probe.fit_calls == 0  # the fitted probe came from state.pt
+    a, b = read_state(RunDir(tmp_path / "straight").state_path), read_state(RunDir(tmp_path / "cut").state_path)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["terms"][0]:
+        assert torch.equal(a["terms"][0][key], b["terms"][0][key]), key
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in ("seconds", "teacher_fit")} for m in ms]  # noqa: E731
+    ma, mb = RunDir(tmp_path / "straight").read_metrics(), RunDir(tmp_path / "cut").read_metrics()
+    assert strip(ma) == strip(mb)
+    assert ma[0]["teacher_fit"]["probe"]["loss"] == mb[0]["teacher_fit"]["probe"]["loss"]
+
+
+def test_a_failing_fitting_stage_marks_the_run_failed(tmp_path):
+    class Diverging(FitProbe):
+        def fit_teacher(self, teacher_taps, batches, *, epochs, device):
+            return [1.0, float("nan")]
+
+    parts = make_parts(0, teacher=frozen_teacher(), terms=[Term("probe", 1.0, Diverging())])
+    with pytest.raises(NonFiniteLossError, match=r"term probe: its teacher-fitting stage returned \[1.0, nan\]"):
+        fit(parts, quick_config(), run_dir=tmp_path / "r", progress=False)
+    assert RunDir(tmp_path / "r").read_meta()["status"] == "failed"
 
 
 class _NaNAfter(nn.Module):
@@ -373,14 +546,17 @@ KILL_SCRIPT = PARTS_SOURCE + textwrap.dedent(
     run_dir, mode = sys.argv[1], sys.argv[2]
 
     def hook(epoch, step):
-        if mode == "kill" and epoch == 3 and step == 5:
+        # The batches' own pass count: the probe's fitting stage makes the first passes.
+        if mode == "kill" and epoch == FitProbe.fit_epochs + 3 and step == 5:
             os.kill(os.getpid(), signal.SIGKILL)
 
     torch.manual_seed(77)
     teacher = TinyNet(width=16, dropout=0.0).eval()
     hint = HintLoss()
+    probe = FitProbe()
     torch.manual_seed(0)
-    parts = make_parts(0, teacher=teacher, terms=[Term("gram", 0.05, GramLoss()), Term("hint", 0.1, hint)], hook=hook)
+    parts = make_parts(0, teacher=teacher, terms=[Term("gram", 0.05, GramLoss()), Term("hint", 0.1, hint),
+                                                  Term("probe", 0.1, probe)], hook=hook)
     config = config_from_dict({"data": {"batch_size": 64}, "optim": {"lr": 0.02},
                                "schedule": {"epochs": 5, "milestones": [2, 4], "gamma": 0.2}})
     fit(parts, config, run_dir=run_dir, resume=(mode == "resume"), progress=False)
@@ -413,12 +589,15 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run_bit_exactly(tmp_
     assert a["epoch"] == b["epoch"] == 5
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    for key in a["terms"][1]:
-        assert torch.equal(a["terms"][1][key], b["terms"][1][key]), key
+    for i in (1, 2):
+        for key in a["terms"][i]:
+            assert torch.equal(a["terms"][i][key], b["terms"][i][key]), key
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]  # noqa: E731
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in ("seconds", "teacher_fit")} for m in ms]  # noqa: E731
     assert strip(RunDir(tmp_path / "straight").read_metrics()) == strip(interrupted.read_metrics())
+    fits = [RunDir(d).read_metrics()[0]["teacher_fit"]["probe"]["loss"] for d in (tmp_path / "straight", tmp_path / "killed")]
+    assert fits[0] == fits[1]
     assert interrupted.read_meta()["resumed_at_epoch"] == [2]
 
 

@@ -13,6 +13,12 @@ the mean taken over the batch and the :math:`H W` positions, :math:`\beta = 1000
 and teacher; spatial sizes must agree, or, with ``resize="pool"``, the larger map is
 average-pooled to the smaller (as in the CRD reference implementations).
 
+Sensing points: the paper compares every stage's output map (for a WRN the outputs of
+``layer1``, ``layer2`` and ``layer3``, the last one before pooling). A WRN's default sensing
+points end with the pooled ``(B, C)`` vector, which has no spatial attention: tap the stage
+outputs (``student_taps`` / ``teacher_taps``) or choose the maps with ``layers``; a pooled
+vector among the compared points is an error, never silently dropped.
+
 Precision: :math:`q` is scale-free per map, so half-precision maps are handled in float32
 (the term is float32) and a map whose powers over- or underflow is divided by a power of
 two first (exact): the term is finite for every finite input.
@@ -31,6 +37,7 @@ from geokd.losses._util import (
     check_outputs,
     check_positive,
     describe_layers,
+    layer_name,
     pool_to,
     select_features,
 )
@@ -153,8 +160,9 @@ class AttentionTransfer(DistillationTerm):
     p : float
         Attention exponent (default 2).
     layers : sequence of int, optional
-        Which sensing points to compare; by default every one whose features are
-        ``(B, C, H, W)`` maps (a pooled ``(B, C)`` vector has no spatial attention).
+        Which sensing points to compare (default: all of them). Each must be a
+        ``(B, C, H, W)`` map: a pooled ``(B, C)`` vector has no spatial attention and is
+        refused with a ``ValueError`` naming it.
     resize : {"error", "pool"}
         Spatial-size mismatch policy (see :func:`attention_transfer_loss`).
     student_taps, teacher_taps : sequence of str, optional
@@ -167,8 +175,12 @@ class AttentionTransfer(DistillationTerm):
     >>> x = torch.rand(2, 4, 8, 8)
     >>> s = ModelOutputs(torch.zeros(2, 3), [x, torch.rand(2, 5)])
     >>> t = ModelOutputs(torch.zeros(2, 3), [2 * x, torch.rand(2, 7)])
-    >>> float(AttentionTransfer()(s, t, None)) < 1e-9  # the pooled vectors are skipped
+    >>> float(AttentionTransfer(layers=[0])(s, t, None)) < 1e-9  # the maps alone
     True
+    >>> AttentionTransfer()(s, t, None)
+    Traceback (most recent call last):
+    ...
+    ValueError: attention: layer 1 is a pooled (B, C) vector of shape (2, 5), with no spatial attention; tap the stage outputs before pooling (student_taps / teacher_taps, e.g. ['layer1', 'layer2', 'layer3'] for a WRN) or choose the maps with layers=[0]
     """
 
     def __init__(
@@ -192,7 +204,9 @@ class AttentionTransfer(DistillationTerm):
 
     def forward(self, student, teacher, labels=None) -> torch.Tensor:
         check_outputs("attention", student, teacher, labels)
-        chosen = select_features("attention", student.features, teacher.features, self.layers, spatial_only=True)
+        chosen = select_features("attention", student.features, teacher.features, self.layers, spatial_only=False)
+        if self.layers is None:
+            self._refuse_pooled(student.features, chosen)
         return attention_transfer_loss(
             [student.features[i] for i in chosen],
             [teacher.features[i] for i in chosen],
@@ -201,6 +215,19 @@ class AttentionTransfer(DistillationTerm):
             resize=self.resize,
             labels=describe_layers(chosen, self.student_taps),
         )
+
+    def _refuse_pooled(self, features, chosen) -> None:
+        # Dropping a pooled point silently would distil fewer stages than configured (the
+        # WRN's third sensing point is the pooled vector): say what to tap instead.
+        maps = [i for i in chosen if features[i].ndim == 4]
+        for i in chosen:
+            if features[i].ndim == 2:
+                hint = f" or choose the maps with layers={maps}" if maps else ""
+                raise ValueError(
+                    f"attention: {layer_name(i, self.student_taps)} is a pooled (B, C) vector of shape "
+                    f"{tuple(features[i].shape)}, with no spatial attention; tap the stage outputs before pooling "
+                    f"(student_taps / teacher_taps, e.g. ['layer1', 'layer2', 'layer3'] for a WRN){hint}"
+                )
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, p={self.p}, layers={self.layers}, resize={self.resize!r}"

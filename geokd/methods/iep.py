@@ -20,11 +20,18 @@ then mapped and compressed with the teacher's μ and P.
 
 An MPNN (:class:`GraphMPNN`) between consecutive points reads the previous layer's vectors as
 edges and the current layer's pairwise differences as node input, passes 2 rounds of gated
-messages and reads the graph out as the mean over edge features; it is fitted on the teacher
-to predict G_ℓ with Σ_rows KL(softmax G_ℓ ‖ softmax R_ℓ). The student is distilled with
-L1 on the messages (Σ over features, mean over pairs) plus Σ_rows KL(softmax R_T ‖ softmax R_S),
-summed over layer pairs. The method clips the distillation gradient to the task gradient's
-norm: :class:`IEPLoss` declares ``clip_to_task_gradient = True`` for the trainer.
+messages and reads the graph out as the mean over edge features. Two stages, as in the paper:
+
+1. **teacher fitting** (:meth:`IEP.fit_teacher`): on teacher features alone, the IPCA
+   statistics are accumulated and the MPNNs trained to predict G_ℓ with
+   Σ_rows KL(softmax G_ℓ ‖ softmax R_ℓ); then both are frozen;
+2. **distillation**: the student is distilled with L1 on the messages (Σ over features, mean
+   over pairs) plus Σ_rows KL(softmax R_T ‖ softmax R_S), summed over layer pairs, through
+   the frozen MPNNs (eval mode). The method clips the distillation gradient to the task
+   gradient's norm: :class:`IEPLoss` declares ``clip_to_task_gradient = True``.
+
+:class:`IEPLoss` is the registered ``"iep"`` term: the trainer runs its fitting stage
+(:class:`TeacherFittedTerm`, shared with MHGD) before the student's first step.
 
 Examples
 --------
@@ -38,7 +45,6 @@ Examples
 >>> bool(loss > 0), bool(iep.distillation_loss(teacher, teacher) < 1e-4)
 (True, True)
 """
-
 from __future__ import annotations
 
 import math
@@ -60,6 +66,10 @@ __all__ = [
     "graph_kl",
     "IEP",
     "IEPLoss",
+    "TeacherFeatures",
+    "TeacherFittedTerm",
+    "fit_estimator",
+    "check_sensing_points",
 ]
 
 
@@ -296,6 +306,160 @@ class GraphMPNN(nn.Module):
         return e.mean(-1), torch.cat(messages, dim=-1)
 
 
+# --------------------------------------------------------------- teacher-fitting stage
+# Shared with MHGD (geokd.methods.mhgd): both fit a network on the teacher alone, freeze
+# it, then distil the student through it.
+
+#: The released IEP and MHGD recipe for the fitting stage: SGD, Nesterov momentum 0.9,
+#: weight decay 5e-4 on the fitted network (learning rate 0.1, like the student's).
+FIT_MOMENTUM = 0.9
+FIT_WEIGHT_DECAY = 5e-4
+
+
+def check_sensing_points(feats: Sequence[torch.Tensor], channels: Sequence[int], *, role: str) -> None:
+    """``feats`` has one ``(B, C_ℓ, H, W)`` or ``(B, C_ℓ)`` tensor per expected channel count, B >= 2."""
+    if len(feats) != len(channels):
+        raise ValueError(f"{role}: expected {len(channels)} sensing points, got {len(feats)}")
+    for i, (f, c) in enumerate(zip(feats, channels)):
+        if f.dim() not in (2, 4) or f.shape[1] != c:
+            raise ValueError(f"{role} layer {i}: expected (B, {c}, H, W) or (B, {c}), got {tuple(f.shape)}")
+        if f.shape[0] < 2:
+            raise ValueError(f"{role} layer {i}: expected a batch of at least 2 inputs, got {f.shape[0]}")
+
+
+class TeacherFeatures:
+    """Re-iterable teacher sensing-point features of ``(x, y)`` batches, computed without gradient.
+
+    Each pass re-iterates ``batches`` (so a shuffling, augmenting loader gives new batches
+    every fitting epoch) and yields the list of ``teacher_taps(x).features``.
+
+    Examples
+    --------
+    >>> from geokd.models.outputs import ModelOutputs
+    >>> taps = lambda x: ModelOutputs(x.sum(1), [x, 2 * x])
+    >>> feats = TeacherFeatures(taps, [(torch.ones(3, 2), None)])
+    >>> [f.tolist() for f in next(iter(feats))]
+    [[[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]], [[2.0, 2.0], [2.0, 2.0], [2.0, 2.0]]]
+    """
+
+    def __init__(self, teacher_taps, batches, *, device: torch.device | str | None = None):
+        self.teacher_taps, self.batches, self.device = teacher_taps, batches, device
+
+    def __iter__(self):
+        for x, _ in self.batches:
+            with torch.no_grad():
+                feats = [f.detach() for f in self.teacher_taps(x).features]
+            if self.device is not None:
+                feats = [f.to(self.device) for f in feats]
+            # Yielded outside no_grad: a generator suspended inside the block would turn
+            # gradients off in the caller's fitting loop too.
+            yield feats
+
+
+def fit_estimator(module: nn.Module, loss_fn, batches: Iterable, *, epochs: int, lr: float, momentum: float = 0.9,
+                  nesterov: bool = False, weight_decay: float = 0.0, name: str = "teacher fit") -> list[float]:
+    """SGD on ``loss_fn(features)`` over ``epochs`` passes of ``batches``, then freeze ``module``.
+
+    Only ``module``'s parameters are trained (their own optimizer, in training mode); at the
+    end they are frozen: ``requires_grad`` off, no ``.grad``, eval mode. Returns the mean loss
+    per epoch.
+
+    Examples
+    --------
+    >>> _ = torch.manual_seed(0)
+    >>> lin = nn.Linear(2, 1)
+    >>> x = torch.randn(16, 2)
+    >>> history = fit_estimator(lin, lambda b: (lin(b) - b.sum(1, keepdim=True)).pow(2).mean(), [x], epochs=20, lr=0.1)
+    >>> history[-1] < 0.1 * history[0], lin.weight.requires_grad, lin.weight.grad, lin.training
+    (True, False, None, False)
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"{name}: expected epochs to be an integer >= 1, got {epochs!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"{name}: expected a finite learning rate > 0, got {lr!r}")
+    params = list(module.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    module.train()
+    history = []
+    for epoch in range(epochs):
+        total, count = 0.0, 0
+        for feats in batches:
+            loss = loss_fn(feats)
+            if not bool(torch.isfinite(loss)):
+                raise ValueError(f"{name}: the loss became {float(loss)} at epoch {epoch + 1}, batch {count + 1}; "
+                                 f"lower the fitting learning rate (got {lr})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            count += 1
+        if count == 0:
+            raise ValueError(f"{name}: expected at least one batch of teacher features, got none")
+        history.append(total / count)
+    optimizer.zero_grad(set_to_none=True)  # no stale gradient is left on the frozen network
+    module.requires_grad_(False)
+    module.eval()
+    return history
+
+
+class TeacherFittedTerm(nn.Module):
+    """Base of the registered terms whose network is fitted on the teacher before the student trains.
+
+    A subclass sets ``self.core`` to a module with ``fit_teacher(feature_batches, *, epochs,
+    lr, momentum, nesterov, weight_decay) -> list[float]`` and ``distillation_loss(student_feats,
+    teacher_feats)`` (:class:`IEP`, :class:`geokd.methods.mhgd.MHGD`).
+
+    The trainer (:mod:`geokd.train.loop`) reads ``fit_epochs`` and calls :meth:`fit_teacher`
+    once, after building the parts and before the student's first step (not when resuming
+    from a saved state: the fitted network is part of the term's ``state_dict``, hence of
+    the run's ``state.pt``). While the student trains, the term is frozen: outside the
+    student's optimizer, ``requires_grad`` off, eval mode. The term's value is the
+    distillation loss alone; calling it before the fit raises ``ValueError``.
+    """
+
+    clip_to_task_gradient = False
+    init_epochs = 0
+    init_only = False
+    needs_teacher = True
+    method = "term"  # how messages name it
+
+    def _set_fit_attributes(self, *, fit_epochs, fit_lr, student_taps, teacher_taps) -> None:
+        # Imported here: geokd.losses registers the subclasses from geokd.methods (no import cycle).
+        from geokd.losses._util import check_taps
+
+        if isinstance(fit_epochs, bool) or not isinstance(fit_epochs, int) or fit_epochs < 1:
+            raise ValueError(f"{self.method}: expected fit_epochs to be an integer >= 1 (the teacher-fitting "
+                             f"stage), got {fit_epochs!r}")
+        if isinstance(fit_lr, bool) or not isinstance(fit_lr, (int, float)) or not (fit_lr > 0 and math.isfinite(fit_lr)):
+            raise ValueError(f"{self.method}: expected fit_lr to be a finite number > 0, got {fit_lr!r}")
+        self.fit_epochs, self.fit_lr = fit_epochs, float(fit_lr)
+        self.student_taps = check_taps("student_taps", student_taps)
+        self.teacher_taps = check_taps("teacher_taps", teacher_taps)
+
+    def fit_teacher(self, teacher_taps, batches: Iterable, *, epochs: int, device: torch.device | str = "cpu") -> list[float]:
+        """The teacher-fitting stage: ``epochs`` passes over ``(x, y)`` ``batches`` read through
+        ``teacher_taps`` (``x -> ModelOutputs``); returns the mean fit loss per epoch."""
+        return self.core.fit_teacher(TeacherFeatures(teacher_taps, batches, device=device), epochs=epochs,
+                                     lr=self.fit_lr, momentum=FIT_MOMENTUM, nesterov=True,
+                                     weight_decay=FIT_WEIGHT_DECAY)
+
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, labels=None) -> torch.Tensor:
+        if teacher is None:
+            raise ValueError(f"{self.method}: needs the teacher's outputs, got None")
+        return self.core.distillation_loss(list(student.features), [t.detach() for t in teacher.features])
+
+
+def check_fitted(fitted_epochs: torch.Tensor, *, method: str) -> None:
+    """Refuse to distil through a network that was never fitted on the teacher."""
+    if int(fitted_epochs) == 0:
+        raise ValueError(
+            f"{method}: the teacher-side network is not fitted; call fit_teacher first "
+            "(the trainer runs the fitting stage before the student's first step)"
+        )
+
+
 class IEP(nn.Module):
     """Stacked PCA per sensing point and an MPNN per consecutive pair (the IEP teacher side).
 
@@ -325,19 +489,12 @@ class IEP(nn.Module):
         self.mpnns = nn.ModuleList(
             GraphMPNN(channels[i - 1] // 2, channels[i] // 2, iterations=iterations) for i in range(1, len(channels))
         )
-
-    def _check(self, feats: Sequence[torch.Tensor], role: str) -> None:
-        if len(feats) != len(self.channels):
-            raise ValueError(f"{role}: expected {len(self.channels)} sensing points, got {len(feats)}")
-        for i, (f, c) in enumerate(zip(feats, self.channels)):
-            if f.dim() not in (2, 4) or f.shape[1] != c:
-                raise ValueError(f"{role} layer {i}: expected (B, {c}, H, W) or (B, {c}), got {tuple(f.shape)}")
-            if f.shape[0] < 2:
-                raise ValueError(f"{role} layer {i}: expected a batch of at least 2 inputs, got {f.shape[0]}")
+        # Epochs of teacher fitting done (a buffer: saved and restored with the state).
+        self.register_buffer("fitted_epochs", torch.zeros((), dtype=torch.long))
 
     def teacher_codes(self, feats: Sequence[torch.Tensor], *, update: bool) -> tuple[list, list]:
         """Per layer the teacher's left singular vectors and compressed vectors z_T."""
-        self._check(feats, "teacher")
+        check_sensing_points(feats, self.channels, role="teacher")
         us, zs = [], []
         for i, (f, pca) in enumerate(zip(feats, self.pcas)):
             u, v = first_singular_pair(f.detach(), name=f"teacher layer {i}")
@@ -349,7 +506,7 @@ class IEP(nn.Module):
         return us, zs
 
     def student_codes(self, feats: Sequence[torch.Tensor], teacher_us: Sequence[torch.Tensor]) -> list:
-        self._check(feats, "student")
+        check_sensing_points(feats, self.channels, role="student")
         for i, f in enumerate(feats):
             if not torch.isfinite(f).all():
                 raise ValueError(f"student layer {i}: expected finite values, got NaN/Inf")
@@ -368,33 +525,22 @@ class IEP(nn.Module):
         return total
 
     def fit_teacher(self, batches: Iterable[Sequence[torch.Tensor]], *, epochs: int = 1, lr: float = 0.01,
-                    momentum: float = 0.9) -> list[float]:
-        """IEP's initialization stage: IPCA statistics and the MPNNs from teacher features only.
+                    momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0) -> list[float]:
+        """IEP's teacher-fitting stage: IPCA statistics and the MPNNs from teacher features only.
 
         ``batches`` is re-iterable over lists of teacher sensing-point tensors. Returns the
-        mean fit loss per epoch.
+        mean fit loss per epoch; the MPNNs end frozen (eval mode, no gradient) and the IPCA
+        statistics stop updating (:meth:`distillation_loss` only reads them).
         """
-        params = [p for p in self.mpnns.parameters()]
-        optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
-        self.train()
-        history = []
-        for _ in range(epochs):
-            total, count = 0.0, 0
-            for feats in batches:
-                loss = self.teacher_fit_loss(feats)
-                if not torch.isfinite(loss):
-                    raise ValueError(f"IEP teacher fit loss became {float(loss)}; lower lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-                count += 1
-            history.append(total / max(count, 1))
+        history = fit_estimator(self.mpnns, self.teacher_fit_loss, batches, epochs=epochs, lr=lr, momentum=momentum,
+                                nesterov=nesterov, weight_decay=weight_decay, name="IEP teacher fit")
+        self.fitted_epochs += epochs
         return history
 
     def distillation_loss(self, student_feats: Sequence[torch.Tensor],
                           teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """Σ_ℓ [mean_ij Σ_d |M_S − M_T| + KL(softmax R_T ‖ softmax R_S)], MPNNs frozen (eval mode)."""
+        check_fitted(self.fitted_epochs, method="IEP")
         us, zt = self.teacher_codes(teacher_feats, update=False)
         zs = self.student_codes(student_feats, us)
         for i, (s, t) in enumerate(zip(student_feats, teacher_feats)):
@@ -416,30 +562,54 @@ class IEP(nn.Module):
         return total
 
 
-class IEPLoss(nn.Module):
-    """IEP as a distillation term ``loss(student, teacher, labels)`` on ModelOutputs.
+class IEPLoss(TeacherFittedTerm):
+    """IEP as the registered ``"iep"`` term ``loss(student, teacher, labels)`` on ModelOutputs.
 
-    In training mode the term is the student's distillation loss *plus* the MPNNs' teacher
-    fit (each term's gradient reaches only its own side: the fit loss never touches the
-    student, the distillation never the MPNNs), and the teacher's IPCA keeps updating. Call
-    :meth:`IEP.fit_teacher` (through ``self.iep``) first to reproduce the paper's separate
-    initialization stage. The trainer clips this term's gradient to the task gradient's norm.
+    The trainer first runs the teacher-fitting stage (:meth:`fit_teacher`: IPCA and MPNNs
+    on the teacher alone, ``fit_epochs`` epochs of SGD at ``fit_lr``, Nesterov momentum 0.9,
+    weight decay 5e-4), then freezes the term; its value is the student's distillation loss
+    alone, whose gradient the trainer clips to the task gradient's norm.
+
+    Parameters
+    ----------
+    channels : sequence of int
+        Channels of each sensing point (teacher = student).
+    pca, mean_update, rate, iterations
+        As :class:`IEP`.
+    fit_epochs : int
+        Epochs of the teacher-fitting stage. Default 20: the released experiments fit 20
+        epochs before 100 epochs of student training.
+    fit_lr : float
+        Learning rate of the fitting stage (0.1, as released).
+    student_taps, teacher_taps : sequence of str, optional
+        Module names overriding the models' sensing points; the paper uses every stage's
+        output map, e.g. ``("layer1", "layer2", "layer3")`` for a WRN.
+
+    Examples
+    --------
+    >>> _ = torch.manual_seed(0)
+    >>> term = IEPLoss(channels=(8, 16), fit_epochs=2)
+    >>> maps = [torch.relu(torch.randn(10, 8, 4, 4)), torch.relu(torch.randn(10, 16, 2, 2))]
+    >>> taps = lambda x: ModelOutputs(None, [m * x for m in maps])
+    >>> history = term.fit_teacher(taps, [(1.0, None), (2.0, None)], epochs=term.fit_epochs)
+    >>> len(history), any(p.requires_grad for p in term.parameters())
+    (2, False)
+    >>> out = ModelOutputs(None, maps)
+    >>> float(term(out, out)) < 1e-4
+    True
     """
 
     clip_to_task_gradient = True
-    init_epochs = 0
-    needs_teacher = True
-    student_taps = None
-    teacher_taps = None
+    method = "IEP"
 
     def __init__(self, *, channels: Sequence[int], pca: str = "incremental", mean_update: str = "ema",
-                 rate: float = 0.9, iterations: int = 2):
+                 rate: float = 0.9, iterations: int = 2, fit_epochs: int = 20, fit_lr: float = 0.1,
+                 student_taps: Sequence[str] | None = None, teacher_taps: Sequence[str] | None = None):
         super().__init__()
         self.iep = IEP(channels=channels, pca=pca, mean_update=mean_update, rate=rate, iterations=iterations)
+        self._set_fit_attributes(fit_epochs=fit_epochs, fit_lr=fit_lr, student_taps=student_taps,
+                                 teacher_taps=teacher_taps)
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs, labels=None) -> torch.Tensor:
-        if teacher is None:
-            raise ValueError("IEP needs the teacher's outputs, got None")
-        s_feats, t_feats = list(student.features), [t.detach() for t in teacher.features]
-        fit = self.iep.teacher_fit_loss(t_feats, update_pca=True) if self.training else 0.0
-        return self.iep.distillation_loss(s_feats, t_feats) + fit
+    @property
+    def core(self) -> IEP:
+        return self.iep

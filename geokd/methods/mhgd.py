@@ -9,12 +9,18 @@ positive; the student's vector is sign-aligned to the teacher's). Between consec
 
 and an estimator uses them to predict layer ℓ's vectors from layer ℓ−1's:
 v̂_ℓ = normalize(FC(concat_h softmax(G_h)·ReLU(BN(FC(v_{ℓ−1}))))), with random head
-dropout during fitting. The attention is first fitted on the teacher (loss
-mean(1 − cos(v̂_ℓ, v_ℓ))), then frozen; the student is distilled with
+dropout during fitting. Two stages, as in the paper:
+
+1. **teacher fitting** (:meth:`MHGD.fit_teacher`): the attention is trained on teacher
+   features alone with Σ_ℓ mean(1 − cos(v̂_ℓ, v_ℓ)), then frozen (eval mode, no gradient);
+2. **distillation**: the student is distilled through the frozen attention with
 
     Σ_ℓ Σ_{h,i} KL(softmax(tanh(G_S − m_T))_{h,i} ‖ softmax(tanh(G_T − m_T))_{h,i})
 
 where m_T is the teacher graph's row mean (the release centres both graphs with it).
+:class:`MHGDLoss` is the registered ``"mhgd"`` term: the trainer runs its fitting stage
+(:class:`geokd.methods.iep.TeacherFittedTerm`, shared with IEP) before the student's first
+step.
 
 Examples
 --------
@@ -36,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geokd.models.outputs import ModelOutputs
+from geokd.methods.iep import TeacherFittedTerm, check_fitted, check_sensing_points, fit_estimator
 
 __all__ = ["singular_embedding", "AttentionGraphs", "MHGD", "MHGDLoss"]
 
@@ -120,23 +126,16 @@ class MHGD(nn.Module):
         self.attention = nn.ModuleList(
             AttentionGraphs(channels[i], channels[i - 1], heads=heads) for i in range(1, len(channels))
         )
-
-    def _check(self, feats: Sequence[torch.Tensor], role: str) -> None:
-        if len(feats) != len(self.channels):
-            raise ValueError(f"{role}: expected {len(self.channels)} sensing points, got {len(feats)}")
-        for i, (f, c) in enumerate(zip(feats, self.channels)):
-            if f.dim() not in (2, 4) or f.shape[1] != c:
-                raise ValueError(f"{role} layer {i}: expected (B, {c}, H, W) or (B, {c}), got {tuple(f.shape)}")
-            if f.shape[0] < 2:
-                raise ValueError(f"{role} layer {i}: expected a batch of at least 2 inputs, got {f.shape[0]}")
+        # Epochs of teacher fitting done (a buffer: saved and restored with the state).
+        self.register_buffer("fitted_epochs", torch.zeros((), dtype=torch.long))
 
     def teacher_embeddings(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        self._check(feats, "teacher")
+        check_sensing_points(feats, self.channels, role="teacher")
         with torch.no_grad():
             return [singular_embedding(f, name=f"teacher layer {i}") for i, f in enumerate(feats)]
 
     def student_embeddings(self, feats: Sequence[torch.Tensor], teacher_vectors: Sequence[torch.Tensor]) -> list:
-        self._check(feats, "student")
+        check_sensing_points(feats, self.channels, role="student")
         return [
             singular_embedding(f, reference=t, name=f"student layer {i}")
             for i, (f, t) in enumerate(zip(feats, teacher_vectors))
@@ -152,28 +151,22 @@ class MHGD(nn.Module):
         return total
 
     def fit_teacher(self, batches: Iterable[Sequence[torch.Tensor]], *, epochs: int = 1, lr: float = 0.01,
-                    momentum: float = 0.9) -> list[float]:
-        """Fit the attention on teacher features alone; returns the mean loss per epoch."""
-        optimizer = torch.optim.SGD(self.attention.parameters(), lr=lr, momentum=momentum)
-        self.train()
-        history = []
-        for _ in range(epochs):
-            total, count = 0.0, 0
-            for feats in batches:
-                loss = self.teacher_fit_loss(feats)
-                if not torch.isfinite(loss):
-                    raise ValueError(f"MHGD teacher fit loss became {float(loss)}; lower lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-                count += 1
-            history.append(total / max(count, 1))
+                    momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0) -> list[float]:
+        """Fit the attention on teacher features alone; returns the mean loss per epoch.
+
+        The attention ends frozen: eval mode (no head dropout, BN running statistics) and
+        no gradient.
+        """
+        history = fit_estimator(self.attention, self.teacher_fit_loss, batches, epochs=epochs, lr=lr,
+                                momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                                name="MHGD teacher fit")
+        self.fitted_epochs += epochs
         return history
 
     def distillation_loss(self, student_feats: Sequence[torch.Tensor],
                           teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """Σ_ℓ KL(softmax tanh(G_S − m_T) ‖ softmax tanh(G_T − m_T)); attention frozen, eval mode."""
+        check_fitted(self.fitted_epochs, method="MHGD")
         vt = self.teacher_embeddings(teacher_feats)
         vs = self.student_embeddings(student_feats, vt)
         for i, (s, t) in enumerate(zip(student_feats, teacher_feats)):
@@ -196,27 +189,48 @@ class MHGD(nn.Module):
         return total
 
 
-class MHGDLoss(nn.Module):
-    """MHGD as a distillation term ``loss(student, teacher, labels)`` on ModelOutputs.
+class MHGDLoss(TeacherFittedTerm):
+    """MHGD as the registered ``"mhgd"`` term ``loss(student, teacher, labels)`` on ModelOutputs.
 
-    In training mode it adds the attention's teacher fit (gradient to the attention only) to
-    the student's distillation (gradient to the student only). Call ``self.mhgd.fit_teacher``
-    first for the paper's separate fitting stage.
+    The trainer first runs the teacher-fitting stage (:meth:`fit_teacher`: the attention on
+    the teacher alone, ``fit_epochs`` epochs of SGD at ``fit_lr``, Nesterov momentum 0.9,
+    weight decay 5e-4), then freezes the term; its value is the student's KL alone.
+
+    Parameters
+    ----------
+    channels : sequence of int
+        Channels of each sensing point (teacher = student).
+    heads : int
+        Attention heads per pair of layers (8).
+    fit_epochs : int
+        Epochs of the teacher-fitting stage. Default 40: the released experiments fit the
+        attention 40 epochs before 100 epochs of student training.
+    fit_lr : float
+        Learning rate of the fitting stage (0.1, as released).
+    student_taps, teacher_taps : sequence of str, optional
+        Module names overriding the models' sensing points; the paper uses every stage's
+        output map, e.g. ``("layer1", "layer2", "layer3")`` for a WRN.
+
+    Examples
+    --------
+    >>> from geokd.models.outputs import ModelOutputs
+    >>> _ = torch.manual_seed(0)
+    >>> term = MHGDLoss(channels=(8, 16), fit_epochs=2)
+    >>> maps = [torch.relu(torch.randn(10, 8, 4, 4)), torch.relu(torch.randn(10, 16, 2, 2))]
+    >>> history = term.fit_teacher(lambda x: ModelOutputs(None, maps), [(None, None)] * 3, epochs=2)
+    >>> len(history), term.mhgd.attention.training, any(p.requires_grad for p in term.parameters())
+    (2, False, False)
     """
 
-    clip_to_task_gradient = False
-    init_epochs = 0
-    needs_teacher = True
-    student_taps = None
-    teacher_taps = None
+    method = "MHGD"
 
-    def __init__(self, *, channels: Sequence[int], heads: int = 8):
+    def __init__(self, *, channels: Sequence[int], heads: int = 8, fit_epochs: int = 40, fit_lr: float = 0.1,
+                 student_taps: Sequence[str] | None = None, teacher_taps: Sequence[str] | None = None):
         super().__init__()
         self.mhgd = MHGD(channels=channels, heads=heads)
+        self._set_fit_attributes(fit_epochs=fit_epochs, fit_lr=fit_lr, student_taps=student_taps,
+                                 teacher_taps=teacher_taps)
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs, labels=None) -> torch.Tensor:
-        if teacher is None:
-            raise ValueError("MHGD needs the teacher's outputs, got None")
-        t_feats = [t.detach() for t in teacher.features]
-        fit = self.mhgd.teacher_fit_loss(t_feats) if self.training else 0.0
-        return self.mhgd.distillation_loss(list(student.features), t_feats) + fit
+    @property
+    def core(self) -> MHGD:
+        return self.mhgd

@@ -7,9 +7,18 @@ from the config and calls it. A teacher run is the same loop with no terms.
 Per step: the student's sensing points are read through taps; the teacher (frozen, eval
 mode, ``no_grad``) likewise; the loss is ``CE + sum(weight * term)``. Loss modules may
 carry trainable parameters (added to the optimizer), ``init_epochs`` (train with that
-term alone first), ``clip_to_task_gradient`` (its gradient is scaled down to the CE
-gradient's norm), ``student_taps`` / ``teacher_taps`` (other layers than the model's
-sensing points) and ``needs_teacher``.
+term alone first), ``clip_to_task_gradient`` (its gradient on the student's parameters is
+scaled down to the CE gradient's norm there), ``student_taps`` / ``teacher_taps`` (other
+layers than the model's sensing points) and ``needs_teacher``.
+
+Teacher-fitting stage: a loss module with ``fit_epochs > 0`` and a method
+``fit_teacher(teacher_taps, train_batches, *, epochs, device) -> list[float]`` (IEP's MPNNs,
+MHGD's attention) is fitted on the teacher once, after the parts are built and before the
+student's first step, with its own optimizer; the losses per fitting epoch go into the
+first epoch's metrics record (``"teacher_fit"``). The module is then frozen while the
+student trains: outside the student's optimizer, ``requires_grad`` off, eval mode. Its
+fitted state is saved with the other terms' state, so a resumed run skips the stage. The
+stage's time counts in the run's ``train_seconds``.
 
 Every epoch ends with an evaluation on the test set, one line in ``metrics.jsonl`` and an
 atomically written resumable state holding the model, optimizer, scheduler, loss
@@ -64,6 +73,13 @@ class Term:
     @property
     def needs_teacher(self) -> bool:
         return bool(getattr(self.module, "needs_teacher", True))
+
+    @property
+    def fit_epochs(self) -> int:
+        """Epochs of the module's teacher-fitting stage (0: it has none)."""
+        if not callable(getattr(self.module, "fit_teacher", None)):
+            return 0
+        return int(getattr(self.module, "fit_epochs", 0) or 0)
 
 
 @dataclass
@@ -168,12 +184,17 @@ def _grad_norm(grads: list[torch.Tensor | None]) -> torch.Tensor:
 
 
 class _Stepper:
-    """One optimisation step; kept apart from the epoch bookkeeping."""
+    """One optimisation step; kept apart from the epoch bookkeeping.
+
+    ``params`` are all the optimized parameters, the student's first: the first
+    ``n_student`` of them (the rest belong to loss modules, e.g. FitNet's regressor).
+    """
 
     def __init__(self, parts: TrainingParts, config: TrainConfig, ctx: DistributedContext,
-                 device: torch.device, params: list[nn.Parameter], optimizer, scaler):
+                 device: torch.device, params: list[nn.Parameter], optimizer, scaler, *, n_student: int):
         self.parts, self.config, self.ctx, self.device = parts, config, ctx, device
         self.params, self.optimizer, self.scaler = params, optimizer, scaler
+        self.student_params = params[:n_student]
         self.sync_each_step = device.type == "cpu" or config.run.skip_nonfinite_steps
         self.teacher_needed = parts.teacher is not None and any(t.needs_teacher for t in parts.terms)
 
@@ -219,15 +240,22 @@ class _Stepper:
         task = None if ce_f is None else (ce_f if self.config.ce_weight == 1 else self.config.ce_weight * ce_f)
         total = sum(plain, task if task is not None else torch.zeros((), device=self.device))
         if clipped and task is not None:
-            # The distillation gradient may not outweigh the task gradient (KD-SVD, IEP).
-            g_task = torch.autograd.grad(task, self.params, retain_graph=True, allow_unused=True)
-            g_dist = torch.autograd.grad(sum(clipped), self.params, retain_graph=True, allow_unused=True)
-            scale = torch.clamp(_grad_norm(g_task) / (_grad_norm(g_dist) + 1e-12), max=1.0)
-            total.backward()
-            for p, g in zip(self.params, g_dist):
+            # The distillation gradient may not outweigh the task gradient (KD-SVD, IEP): both
+            # norms are taken over the student's parameters only, and only the student's part
+            # is scaled (a loss module's own parameters get their gradient as is). Gradients
+            # are taken of the scaler-scaled losses, as backward() gets them (fp16).
+            g_task = torch.autograd.grad(self.scaler.scale(task), self.student_params, retain_graph=True,
+                                         allow_unused=True)
+            g_dist = torch.autograd.grad(self.scaler.scale(sum(clipped)), self.params, retain_graph=True,
+                                         allow_unused=True)
+            g_student = g_dist[: len(self.student_params)]
+            scale = torch.clamp(_grad_norm(g_task) / (_grad_norm(g_student) + 1e-12), max=1.0)
+            self.scaler.scale(total).backward()
+            for i, (p, g) in enumerate(zip(self.params, g_dist)):
                 if g is None:
                     continue
-                p.grad = g * scale if p.grad is None else p.grad.add_(g * scale)
+                g = g * scale if i < len(self.student_params) else g
+                p.grad = g if p.grad is None else p.grad.add_(g)
         elif clipped:
             total = total + sum(clipped)
             self.scaler.scale(total).backward()
@@ -319,8 +347,11 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
     if r.channels_last:
         student.to(memory_format=torch.channels_last)
     params = [p for p in student.parameters() if p.requires_grad]
+    n_student = len(params)
+    fitted = [t for t in parts.terms if t.fit_epochs > 0]
     for term in parts.terms:
-        params += [p for p in term.module.parameters() if p.requires_grad]
+        if term.fit_epochs == 0:  # a teacher-fitted module is frozen while the student trains
+            params += [p for p in term.module.parameters() if p.requires_grad]
     optimizer = _optimizer(config, params)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=list(config.schedule.milestones), gamma=config.schedule.gamma
@@ -375,16 +406,24 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
     if parts.teacher is not None:
         parts.teacher.eval()
         parts.teacher.requires_grad_(False)
-    stepper = _Stepper(parts, config, ctx, device, params, optimizer, scaler)
+    stepper = _Stepper(parts, config, ctx, device, params, optimizer, scaler, n_student=n_student)
     names = term_names(parts.terms)
     epochs = config.schedule.epochs
     try:
+        # On resume the fitted state came back with the terms' state: no second fit.
+        teacher_fit = _fit_teacher_stage(parts, fitted, device) if start_epoch == 0 and fitted else {}
+        elapsed += sum(fit["seconds"] for fit in teacher_fit.values())  # the stage is part of the method's cost
+        for term in fitted:
+            term.module.requires_grad_(False)
+            term.module.zero_grad(set_to_none=True)  # no gradient left over from the fit
+            term.module.eval()
+            ctx.broadcast_module(term.module)
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             student.train()
             for term in parts.terms:
-                term.module.train()
+                term.module.train(term.fit_epochs == 0)  # fitted estimators stay in eval mode
             sums = torch.zeros(2 + len(names), dtype=torch.float64, device=device)  # ce, correct, terms
             seen, steps, skipped = 0, 0, 0
             ran = set()  # names of the terms active this epoch (init-only terms leave after their stage)
@@ -437,6 +476,8 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
                 "seconds": train_seconds,
                 "skipped_steps": skipped,
             }
+            if teacher_fit and epoch == 0:
+                record["teacher_fit"] = teacher_fit
             if ctx.is_main:
                 run.append_metrics(record)
                 if (epoch + 1) % r.checkpoint_every == 0 or epoch + 1 == epochs:
@@ -472,6 +513,30 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
     return RunResult(run.path, student, metrics, final, elapsed, resumed_from_epoch=start_epoch)
 
 
+def _fit_teacher_stage(parts: TrainingParts, fitted: list[Term], device: torch.device) -> dict:
+    """Run each teacher-fitted term's fitting stage; ``{term: {"epochs", "loss", "seconds"}}``.
+
+    Every process fits on the full (unsharded) batches, so all hold the same result; the
+    caller broadcasts rank 0's anyway.
+    """
+    if parts.teacher is None:
+        raise ConfigError(f"terms {', '.join(t.name for t in fitted)}: a teacher-fitting stage needs a teacher")
+    log = {}
+    for term in fitted:
+        _, t_extra = parts.term_taps.get(term.name, (None, None))
+        t0 = time.perf_counter()
+        losses = term.module.fit_teacher(t_extra or parts.teacher_taps, parts.train_batches, epochs=term.fit_epochs,
+                                         device=device)
+        losses = [float(v) for v in losses]
+        if len(losses) != term.fit_epochs or not all(math.isfinite(v) for v in losses):
+            raise NonFiniteLossError(
+                f"term {term.name}: its teacher-fitting stage returned {losses}; expected {term.fit_epochs} finite "
+                "losses, one per fitting epoch"
+            )
+        log[term.name] = {"epochs": term.fit_epochs, "loss": losses, "seconds": time.perf_counter() - t0}
+    return log
+
+
 def _save_final_model(run: RunDir, model: nn.Module, model_config: dict) -> None:
     from geokd.checkpoints import save_checkpoint
 
@@ -504,3 +569,6 @@ def _log_tensorboard(writer, record: dict[str, Any]) -> None:
     for name, value in record["train_terms"].items():
         if value is not None:
             writer.add_scalar(f"terms/{name}", value, step)
+    for name, fit in record.get("teacher_fit", {}).items():
+        for fit_epoch, value in enumerate(fit["loss"], start=1):
+            writer.add_scalar(f"teacher_fit/{name}", value, fit_epoch)
