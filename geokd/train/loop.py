@@ -187,14 +187,15 @@ class _Stepper:
     """One optimisation step; kept apart from the epoch bookkeeping.
 
     ``params`` are all the optimized parameters, the student's first: the first
-    ``n_student`` of them (the rest belong to loss modules, e.g. FitNet's regressor).
+    ``n_student`` of them (default all; the rest belong to loss modules, e.g. FitNet's
+    regressor).
     """
 
     def __init__(self, parts: TrainingParts, config: TrainConfig, ctx: DistributedContext,
-                 device: torch.device, params: list[nn.Parameter], optimizer, scaler, *, n_student: int):
+                 device: torch.device, params: list[nn.Parameter], optimizer, scaler, *, n_student: int | None = None):
         self.parts, self.config, self.ctx, self.device = parts, config, ctx, device
         self.params, self.optimizer, self.scaler = params, optimizer, scaler
-        self.student_params = params[:n_student]
+        self.student_params = params if n_student is None else params[:n_student]
         self.sync_each_step = device.type == "cpu" or config.run.skip_nonfinite_steps
         self.teacher_needed = parts.teacher is not None and any(t.needs_teacher for t in parts.terms)
 
