@@ -417,6 +417,17 @@ class TeacherFittedTerm(nn.Module):
     the run's ``state.pt``). While the student trains, the term is frozen: outside the
     student's optimizer, ``requires_grad`` off, eval mode. The term's value is the
     distillation loss alone; calling it before the fit raises ``ValueError``.
+
+    Parameters shared by the subclasses
+    -----------------------------------
+    fit_epochs : int
+        Epochs of the teacher-fitting stage (>= 1).
+    fit_lr : float
+        Learning rate of the fitting stage: SGD with Nesterov momentum 0.9 and weight
+        decay 5e-4, as released (0.1 there).
+    student_taps, teacher_taps : sequence of str, optional
+        Module names overriding the models' sensing points; the papers use every stage's
+        output map, e.g. ``("layer1", "layer2", "layer3")`` for a WRN.
     """
 
     clip_to_task_gradient = False
@@ -577,13 +588,10 @@ class IEPLoss(TeacherFittedTerm):
     pca, mean_update, rate, iterations
         As :class:`IEP`.
     fit_epochs : int
-        Epochs of the teacher-fitting stage. Default 20: the released experiments fit 20
-        epochs before 100 epochs of student training.
-    fit_lr : float
-        Learning rate of the fitting stage (0.1, as released).
-    student_taps, teacher_taps : sequence of str, optional
-        Module names overriding the models' sensing points; the paper uses every stage's
-        output map, e.g. ``("layer1", "layer2", "layer3")`` for a WRN.
+        Default 20: the released experiments fit 20 epochs before 100 epochs of student
+        training.
+    fit_lr, student_taps, teacher_taps
+        As :class:`TeacherFittedTerm` (``fit_lr`` 0.1, as released).
 
     Examples
     --------

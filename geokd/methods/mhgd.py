@@ -203,13 +203,10 @@ class MHGDLoss(TeacherFittedTerm):
     heads : int
         Attention heads per pair of layers (8).
     fit_epochs : int
-        Epochs of the teacher-fitting stage. Default 40: the released experiments fit the
-        attention 40 epochs before 100 epochs of student training.
-    fit_lr : float
-        Learning rate of the fitting stage (0.1, as released).
-    student_taps, teacher_taps : sequence of str, optional
-        Module names overriding the models' sensing points; the paper uses every stage's
-        output map, e.g. ``("layer1", "layer2", "layer3")`` for a WRN.
+        Default 40: the released experiments fit the attention 40 epochs before 100
+        epochs of student training.
+    fit_lr, student_taps, teacher_taps
+        As :class:`geokd.methods.iep.TeacherFittedTerm` (``fit_lr`` 0.1, as released).
 
     Examples
     --------
