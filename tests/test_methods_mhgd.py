@@ -52,6 +52,23 @@ def test_student_embedding_is_sign_aligned_and_scale_free():
     t = _features(0)[0]
     v = singular_embedding(t)
     torch.testing.assert_close(singular_embedding(-3.0 * t, reference=v), v, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(singular_embedding(-3.0 * t, reference=v, candidates=4), v, atol=1e-5, rtol=1e-5)
+
+
+def test_student_embedding_picks_the_candidate_closest_to_the_teacher():
+    # Oracle by numpy: of the top-4 right-singular vectors, the one of largest |cos| with
+    # the reference, signed to agree with it.
+    g = torch.Generator().manual_seed(4)
+    s = torch.relu(torch.randn(6, 8, 3, 3, generator=g)).double()
+    ref = torch.nn.functional.normalize(torch.randn(6, 8, generator=g, dtype=torch.float64), dim=1)
+    got = singular_embedding(s, reference=ref, candidates=4).numpy()
+    for b in range(6):
+        _, _, vt = np.linalg.svd(s[b].reshape(8, 9).T.numpy(), full_matrices=False)
+        cos = vt[:4] @ ref[b].numpy()
+        j = int(np.argmax(np.abs(cos)))
+        np.testing.assert_allclose(got[b], np.sign(cos[j]) * vt[j], atol=1e-8)
+    with pytest.raises(ValueError, match="candidates"):
+        singular_embedding(s, reference=ref, candidates=0)
 
 
 def test_distillation_matches_a_scipy_kl_of_the_centred_tanh_graphs():
@@ -62,7 +79,7 @@ def test_distillation_matches_a_scipy_kl_of_the_centred_tanh_graphs():
     got = float(mhgd.distillation_loss(s, t))
     mhgd.eval()
     vt = [singular_embedding(f) for f in t]
-    vs = [singular_embedding(f, reference=r) for f, r in zip(s, vt)]
+    vs = [singular_embedding(f, reference=r, candidates=4) for f, r in zip(s, vt)]
     want = 0.0
     with torch.no_grad():
         for i, att in enumerate(mhgd.attention, start=1):
@@ -138,7 +155,8 @@ def test_an_unfitted_attention_is_refused():
 
 def test_paper_defaults_and_bad_fit_parameters():
     term = MHGDLoss(channels=(8, 16))
-    assert (term.fit_epochs, term.fit_lr, term.clip_to_task_gradient) == (40, 0.1, False)
+    assert (term.fit_epochs, term.fit_lr, term.clip_to_task_gradient) == (40, 0.1, True)  # as released
+    assert term.mhgd.student_candidates == 4
     assert term.student_taps is None and term.teacher_taps is None
     for kwargs, match in [({"fit_epochs": 0}, "fit_epochs"), ({"fit_epochs": 2.5}, "fit_epochs"),
                           ({"fit_lr": 0}, "fit_lr"), ({"fit_lr": float("nan")}, "fit_lr"),

@@ -1,8 +1,9 @@
 r"""MHGD: graph-based distillation by multi-head attention (Lee & Song, BMVC 2019).
 
-Each sensing point is compressed to one vector per input: the top right-singular vector of
-its ``(HW × C)`` map (:func:`geokd.losses.kdsvd.top_singular_vectors`, largest entry
-positive; the student's vector is sign-aligned to the teacher's). Between consecutive points
+Each sensing point is compressed to one vector per input: the teacher's top right-singular
+vector of its ``(HW × C)`` map (:func:`geokd.losses.kdsvd.top_singular_vectors`, largest
+entry positive); the student's is the closest of its top 4 to the teacher's by |cos|,
+sign-matched (:func:`geokd.losses.kdsvd.align_to_teacher`, as the release does). Between consecutive points
 ℓ−1 → ℓ an attention module builds ``heads`` (8) graphs over the batch,
 
     G_h[i, j] = ⟨BN(FC_s(v_ℓ,i))_h, BN(FC_r(v_{ℓ−1},j))_h⟩,
@@ -47,8 +48,22 @@ from geokd.methods.iep import TeacherFittedTerm, check_fitted, check_sensing_poi
 __all__ = ["singular_embedding", "AttentionGraphs", "MHGD", "MHGDLoss"]
 
 
-def singular_embedding(fmap: torch.Tensor, *, reference: torch.Tensor | None = None, name: str = "map") -> torch.Tensor:
-    """``(B, C)`` top right-singular vector of each map; sign-aligned to ``reference`` if given."""
+def singular_embedding(fmap: torch.Tensor, *, reference: torch.Tensor | None = None, candidates: int = 1,
+                       name: str = "map") -> torch.Tensor:
+    """``(B, C)`` one right-singular vector of each map.
+
+    Without ``reference``: the top one. With a ``(B, C)`` ``reference`` (the teacher's
+    vectors): of the top ``candidates`` ones, the closest to the reference by ``|cos|``,
+    sign-matched (the release gives the student 4 candidates, as KD-SVD does).
+
+    Examples
+    --------
+    >>> x = torch.zeros(1, 2, 1, 3)   # HW=3, C=2: singular vectors e1 (σ=3), e2 (σ=1)
+    >>> x[0, 0, 0, 0], x[0, 1, 0, 1] = 3.0, 1.0
+    >>> ref = torch.tensor([[0.0, -1.0]])
+    >>> singular_embedding(x).tolist(), singular_embedding(x, reference=ref, candidates=2).tolist()
+    ([[1.0, 0.0]], [[-0.0, -1.0]])
+    """
     # Imported here: geokd.losses registers MHGDLoss from this module (no import cycle).
     from geokd.losses.kdsvd import align_to_teacher, top_singular_vectors
 
@@ -56,7 +71,9 @@ def singular_embedding(fmap: torch.Tensor, *, reference: torch.Tensor | None = N
         raise ValueError(f"{name}: expected a (B, C, H, W) map or (B, C) vectors, got shape {tuple(fmap.shape)}")
     if not torch.isfinite(fmap).all():
         raise ValueError(f"{name}: expected finite values, got NaN/Inf")
-    _, v = top_singular_vectors(fmap, 1)
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise ValueError(f"{name}: expected candidates to be an integer >= 1, got {candidates!r}")
+    _, v = top_singular_vectors(fmap, candidates if reference is not None else 1)
     if reference is not None:
         v = align_to_teacher(v, reference.unsqueeze(1))
     return v[:, 0, :]
@@ -115,10 +132,16 @@ class MHGD(nn.Module):
         vectors of the same size).
     heads : int
         Attention heads per pair (8).
+    student_candidates : int
+        The student's vector at each point is the one of its top ``student_candidates``
+        right-singular vectors closest to the teacher's (4, as released).
     """
 
-    def __init__(self, *, channels: Sequence[int], heads: int = 8):
+    def __init__(self, *, channels: Sequence[int], heads: int = 8, student_candidates: int = 4):
         super().__init__()
+        if isinstance(student_candidates, bool) or not isinstance(student_candidates, int) or student_candidates < 1:
+            raise ValueError(f"student_candidates: expected an integer >= 1, got {student_candidates!r}")
+        self.student_candidates = student_candidates
         channels = tuple(int(c) for c in channels)
         if len(channels) < 2:
             raise ValueError(f"channels: expected at least 2 sensing points, got {channels}")
@@ -137,7 +160,7 @@ class MHGD(nn.Module):
     def student_embeddings(self, feats: Sequence[torch.Tensor], teacher_vectors: Sequence[torch.Tensor]) -> list:
         check_sensing_points(feats, self.channels, role="student")
         return [
-            singular_embedding(f, reference=t, name=f"student layer {i}")
+            singular_embedding(f, reference=t, candidates=self.student_candidates, name=f"student layer {i}")
             for i, (f, t) in enumerate(zip(feats, teacher_vectors))
         ]
 
@@ -194,7 +217,11 @@ class MHGDLoss(TeacherFittedTerm):
 
     The trainer first runs the teacher-fitting stage (:meth:`fit_teacher`: the attention on
     the teacher alone, ``fit_epochs`` epochs of SGD at ``fit_lr``, Nesterov momentum 0.9,
-    weight decay 5e-4), then freezes the term; its value is the student's KL alone.
+    weight decay 5e-4), then freezes the term; its value is the student's KL alone, whose
+    gradient the trainer clips to the task gradient's norm (``clip_to_task_gradient``), as
+    the released experiments do (they clip each tensor's gradient to its cross-entropy
+    gradient's norm, with a warm-up factor; the trainer clips the whole student's
+    gradient at once, as for KD-SVD and IEP).
 
     Parameters
     ----------
@@ -202,6 +229,8 @@ class MHGDLoss(TeacherFittedTerm):
         Channels of each sensing point (teacher = student).
     heads : int
         Attention heads per pair of layers (8).
+    student_candidates : int
+        As :class:`MHGD` (4).
     fit_epochs : int
         Default 40: the released experiments fit the attention 40 epochs before 100
         epochs of student training.
@@ -219,12 +248,14 @@ class MHGDLoss(TeacherFittedTerm):
     (2, False, False)
     """
 
+    clip_to_task_gradient = True
     method = "MHGD"
 
-    def __init__(self, *, channels: Sequence[int], heads: int = 8, fit_epochs: int = 40, fit_lr: float = 0.1,
-                 student_taps: Sequence[str] | None = None, teacher_taps: Sequence[str] | None = None):
+    def __init__(self, *, channels: Sequence[int], heads: int = 8, student_candidates: int = 4, fit_epochs: int = 40,
+                 fit_lr: float = 0.1, student_taps: Sequence[str] | None = None,
+                 teacher_taps: Sequence[str] | None = None):
         super().__init__()
-        self.mhgd = MHGD(channels=channels, heads=heads)
+        self.mhgd = MHGD(channels=channels, heads=heads, student_candidates=student_candidates)
         self._set_fit_attributes(fit_epochs=fit_epochs, fit_lr=fit_lr, student_taps=student_taps,
                                  teacher_taps=teacher_taps)
 
