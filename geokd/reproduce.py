@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import json
 import math
 import statistics
 import time
@@ -36,8 +37,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from geokd.errors import ConfigError
 from geokd.studies import Study
 from geokd.train import RunDir, TrainConfig, train
+from geokd.train.config import config_to_dict
 from geokd.train.runs import directory_lock
 
 __all__ = ["PlannedRun", "StudyTable", "plan_study", "run_study", "tabulate_study", "write_table",
@@ -52,16 +55,67 @@ class PlannedRun:
     seed: int
     run_dir: Path
     config: TrainConfig
-    status: str  # "finished", "partial" or "missing"
+    status: str  # "finished", "partial", "missing" or "changed" (made with another config)
     system: str | None = None  # a whole system (geokd.methods.systems) instead of the trainer
     params: dict = field(default_factory=dict)
+    differences: list[str] = field(default_factory=list)  # what "changed" means, key by key
 
 
-def _status(run_dir: Path) -> str:
+#: Config entries that say where and how fast a run went, not what it computed: a run
+#: whose config differs from the study only in these is still the study's run.
+_LOCAL_KEYS = {("teacher",), ("data", "root"), ("data", "download"), ("run", "threads")}
+
+
+def _comparable(table: dict, prefix: tuple = ()) -> dict:
+    return {key: _comparable(value, prefix + (key,)) if isinstance(value, dict) else value
+            for key, value in table.items() if prefix + (key,) not in _LOCAL_KEYS}
+
+
+def _key(key) -> str:
+    return f"[{key}]" if isinstance(key, int) else str(key)
+
+
+def _differences(saved: dict, expected: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of the study's config whose values differ on disk.
+
+    Only the study's own entries are compared: the saved config is the resolved one
+    (the trainer adds what it derived, e.g. the number of classes from the dataset).
+    """
+    out = []
+    for key in sorted(expected):
+        a, b = saved.get(key, "<missing>"), expected[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{_key(key)}.")
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            out += _differences(dict(enumerate(a)), dict(enumerate(b)), f"{prefix}{_key(key)}")
+        elif a != b:
+            out.append(f"{prefix}{_key(key)}: {a!r} on disk, {b!r} in the study")
+    return out
+
+
+def _expected_config(config: TrainConfig, system: str | None, params: dict) -> dict:
+    # The JSON round trip makes tuples lists, as in the saved config.json.
+    table = json.loads(json.dumps(config_to_dict(config)))
+    if system is not None:
+        table.update(system=system, params=json.loads(json.dumps(params)))
+    return table
+
+
+def _status(run_dir: Path, expected: dict) -> tuple[str, list[str]]:
+    """``(status, differences)``: ``"changed"`` when the run on disk was made with another
+    config than the study now asks for (reusing it would tabulate an old objective)."""
     run = RunDir(run_dir)
     if run.is_finished():
-        return "finished"
-    return "partial" if run.state_path.is_file() else "missing"
+        status = "finished"
+    elif run.state_path.is_file():
+        status = "partial"
+    else:
+        return "missing", []
+    if run.config_path.is_file():
+        diff = _differences(_comparable(run.read_json(run.config_path)), _comparable(expected))
+        if diff:
+            return "changed", diff
+    return status, []
 
 
 def plan_study(study: Study, *, out: str | Path = "runs") -> list[PlannedRun]:
@@ -71,14 +125,30 @@ def plan_study(study: Study, *, out: str | Path = "runs") -> list[PlannedRun]:
     teacher = study.teacher_path
     if teacher is None:
         t_dir = root / "teacher" / f"seed{study.teacher_seed}"
-        runs.append(PlannedRun("teacher", study.teacher_seed, t_dir, study.teacher_config(), _status(t_dir)))
+        config = study.teacher_config()
+        status, diff = _status(t_dir, _expected_config(config, None, {}))
+        runs.append(PlannedRun("teacher", study.teacher_seed, t_dir, config, status, differences=diff))
         teacher = str(t_dir)
     for method in study.methods:
         for seed in study.seeds:
             run_dir = root / method.name / f"seed{seed}"
             config = study.student_config(method.name, seed=seed, teacher=teacher)
-            runs.append(PlannedRun(method.name, seed, run_dir, config, _status(run_dir), method.system, method.params))
+            status, diff = _status(run_dir, _expected_config(config, method.system, method.params))
+            runs.append(PlannedRun(method.name, seed, run_dir, config, status, method.system, method.params, diff))
     return runs
+
+
+def _refuse_changed(planned: list[PlannedRun]) -> None:
+    changed = [p for p in planned if p.status == "changed"]
+    if not changed:
+        return
+    lines = [f"  {p.run_dir}: " + "; ".join(p.differences[:3]) + (" …" if len(p.differences) > 3 else "")
+             for p in changed]
+    raise ConfigError(
+        f"{len(changed)} run(s) on disk were made with another config than the study now asks for; "
+        "reusing them would report an old objective, and retraining over them would lose them:\n"
+        + "\n".join(lines)
+        + "\nmove or delete those run directories (or reproduce into another --out) and run again")
 
 
 def _execute(config: TrainConfig, run_dir, *, system: str | None, params: dict, device, resume: bool,
@@ -125,6 +195,7 @@ def run_study(study: Study, *, out: str | Path = "runs", device: str | torch.dev
     if jobs < 1:
         raise ValueError(f"jobs: expected at least 1 worker, got {jobs}")
     planned = plan_study(study, out=out)
+    _refuse_changed(planned)
     todo = [p for p in planned if p.status != "finished"]
     first = [p for p in todo if p.method == "teacher"]
     rest = [p for p in todo if p.method != "teacher"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from geokd.cli import main
+from geokd.errors import ConfigError
 from geokd.reproduce import graph_distances, inference_seconds_per_image, plan_study, run_study
 from geokd.studies import load_study
 from geokd.train import RunDir
@@ -108,6 +109,19 @@ def test_study_trains_missing_runs_reuses_finished_ones_and_writes_the_table(tmp
     resumed = torch.load(run.model_path, weights_only=True)["state_dict"]
     for key in final_weights:
         assert torch.equal(final_weights[key], resumed[key])
+
+    # The study changes a method's objective: its finished runs are not silently reused under
+    # the new objective, nor overwritten; the error names each run and the changed entry.
+    changed_path = tmp_path / "tiny_changed.toml"
+    changed_path.write_text(TINY_STUDY.replace("params = { k = 8 }", "params = { k = 4 }"))
+    changed = load_study(str(changed_path))
+    statuses = {(p.method, p.seed): p for p in plan_study(changed, out=out)}
+    assert statuses[("gkd-knn8", 0)].status == "changed" and statuses[("baseline", 0)].status == "finished"
+    assert statuses[("gkd-knn8", 1)].differences == ["terms[0].params.k: 8 on disk, 4 in the study"]
+    before = (out / "tiny" / "gkd-knn8" / "seed0" / "model.pt").read_bytes()
+    with pytest.raises(ConfigError, match=r"2 run\(s\) on disk were made with another config(.|\n)*gkd-knn8/seed0"):
+        run_study(changed, out=out)
+    assert (out / "tiny" / "gkd-knn8" / "seed0" / "model.pt").read_bytes() == before
 
 
 def test_inference_time_is_positive_and_bigger_for_a_bigger_network():
