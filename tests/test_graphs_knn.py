@@ -1,5 +1,6 @@
-"""Dataset-scale sparse k-NN graphs: scikit-learn oracle, recall of the approximate mode,
-exports to PyGSP / NetworkX, bad input."""
+"""Dataset-scale sparse k-NN graphs: scikit-learn oracle, recall and exact weights of the
+approximate mode (and of its re-ranking against a brute-force oracle), exports to PyGSP /
+NetworkX, bad input."""
 
 import networkx as nx
 import numpy as np
@@ -78,17 +79,151 @@ def test_result_does_not_depend_on_chunking_or_input_type():
     assert edges(as_float64) == edges(reference)
 
 
+def sklearn_neighbours(x, k):
+    """Each row's true k neighbours by brute-force cosine (scikit-learn), self dropped."""
+    _, idx = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(x).kneighbors(x)
+    return [[j for j in row if j != i][:k] for i, row in enumerate(idx)]
+
+
+def neighbour_recall(w, truth):
+    """Share of the true (i, j) neighbour pairs that are edges of the graph w."""
+    rows = w.tolil().rows
+    return np.mean([j in set(rows[i]) for i, found in enumerate(truth) for j in found])
+
+
 def test_approximate_recall_against_exact():
-    x = structured(1500, 256, seed=7)
+    # d > projection_dim (384 by default), so the projection is really used.
+    x = structured(1500, 512, seed=7)
     exact = knn_graph(x, k=10)
     approx = knn_graph(x, k=10, approximate=True)
     recall = len(edges(exact) & edges(approx)) / len(edges(exact))
     assert recall >= 0.99
+    assert neighbour_recall(approx, sklearn_neighbours(x.astype(np.float64), 10)) >= 0.99
     assert abs(approx - approx.T).max() == 0 and not approx.diagonal().any()
     # same seed -> same graph; few candidates and dimensions -> measurably worse
     assert edges(knn_graph(x, k=10, approximate=True)) == edges(approx)
     poor = knn_graph(x, k=10, approximate=True, projection_dim=4, candidates=10)
     assert len(edges(exact) & edges(poor)) / len(edges(exact)) < recall
+
+
+def test_approximate_edges_carry_exact_cosines():
+    # Approximate mode may miss an edge, never mis-weight one: every weight is the cosine.
+    x = structured(700, 640, seed=8, clusters=12)
+    w = knn_graph(x, k=8, approximate=True, projection_dim=32, candidates=16, seed=3)
+    xn = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    r, c = w.nonzero()
+    np.testing.assert_allclose(np.asarray(w[r, c]).ravel(), np.sum(xn[r] * xn[c], axis=1), atol=1e-5)
+    # each row keeps at least its k best among what it saw: never fewer than k edges
+    assert (np.diff(w.indptr) >= 8).all()
+
+
+def test_approximate_recall_on_cluster_structure_across_seeds():
+    # 40 tight clusters of 50 in 1024 dimensions, plus low-rank structure inside them:
+    # the kind of data the principal projection is meant for.
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((40, 1024))
+    labels = np.repeat(np.arange(40), 50)
+    inner = rng.standard_normal((2000, 8)) @ rng.standard_normal((8, 1024))
+    x = (centers[labels] + 0.15 * inner + 0.05 * rng.standard_normal((2000, 1024))).astype(np.float32)
+    truth = sklearn_neighbours(x.astype(np.float64), 10)
+    for seed in (0, 1):
+        w = knn_graph(x, k=10, approximate=True, seed=seed)
+        assert neighbour_recall(w, truth) >= 0.99
+        # neighbours stay in their cluster, as the exact ones do
+        r, c = w.nonzero()
+        assert np.mean(labels[r] == labels[c]) > 0.99
+
+
+def test_approximate_with_all_candidates_is_exact():
+    x = structured(300, 96, seed=9)
+    exact = knn_graph(x, k=6)
+    assert edges(knn_graph(x, k=6, approximate=True, projection_dim=8, candidates=299)) == edges(exact)
+    # a projection with as many dimensions as the data: the exact scan is used
+    assert edges(knn_graph(x, k=6, approximate=True, projection_dim=96)) == edges(exact)
+
+
+def test_rerank_groups_matches_brute_force_oracle():
+    # The re-ranking's contract: each row's best k (exact cosine) among its own candidates
+    # and the group's shared ones (candidates of >= DENSE_SHARE rows of the group), both
+    # for the GEMM path (shared) and the dot-product path (the rest).
+    import geokd.graphs.dataset_knn as dk
+
+    rng = np.random.default_rng(4)
+    n, d, k, c, group = 256, 48, 5, 12, 64
+    x = torch.from_numpy(structured(n, d, seed=4))
+    inv_norm = 1 / torch.linalg.vector_norm(x, dim=1)
+    # random candidate lists (little sharing: the dot-product path), plus a few popular
+    # points in many lists (the GEMM path)
+    popular = rng.choice(n, 6, replace=False)
+    cand = np.empty((n, c), dtype=np.int64)
+    for i in range(n):
+        pool = np.setdiff1d(np.arange(n), [i])
+        own = list(rng.choice(np.setdiff1d(pool, popular), c - 3, replace=False))
+        cand[i] = own + list(rng.choice(np.setdiff1d(popular, [i]), 3, replace=False))
+    order = torch.from_numpy(rng.permutation(n))
+    cos = (x * inv_norm[:, None]).double() @ (x * inv_norm[:, None]).double().T
+    for workers in (1, 2):
+        values, indices = dk._rerank_groups(x, inv_norm, torch.from_numpy(cand), order, k, group, 2 ** 20,
+                                            workers=workers)
+        for start in range(0, n, group):
+            members = order[start:start + group].numpy()
+            ids, counts = np.unique(cand[members], return_counts=True)
+            shared = ids[counts >= dk.DENSE_SHARE]
+            assert shared.size and shared.size < ids.size  # both paths are exercised
+            for r, i in enumerate(members):
+                seen = np.setdiff1d(np.union1d(shared, cand[i]), [i])
+                best = seen[np.argsort(-cos[i, seen].numpy(), kind="stable")[:k]]
+                assert set(indices[i].tolist()) == set(best.tolist())
+                np.testing.assert_allclose(np.sort(values[i].numpy()), np.sort(cos[i, best].numpy()), atol=1e-5)
+
+
+def test_orthonormal_basis_even_for_rank_deficient_input():
+    import geokd.graphs.dataset_knn as dk
+
+    gen = torch.Generator().manual_seed(0)
+    full = torch.randn(500, 40, generator=gen) @ torch.diag(torch.logspace(0, -3, 40))
+    q = dk._orthonormal(full)
+    np.testing.assert_allclose((q.T @ q).numpy(), np.eye(40), atol=1e-4)
+    # same span: projecting the input on q changes nothing
+    np.testing.assert_allclose((q @ (q.T @ full)).numpy(), full.numpy(), atol=1e-4)
+    deficient = torch.randn(500, 5, generator=gen) @ torch.randn(5, 40, generator=gen)
+    q = dk._orthonormal(deficient)
+    assert torch.isfinite(q).all()
+    # Q^T Q <= I: no direction is inflated; the 5 real ones are kept
+    assert torch.linalg.eigvalsh((q.T @ q).double()).max() <= 1 + 1e-4
+    np.testing.assert_allclose((q @ (q.T @ deficient)).numpy(), deficient.numpy(), atol=1e-3)
+    assert not dk._orthonormal(torch.zeros(50, 4)).any()
+
+
+def test_approximate_degenerate_data_stays_finite():
+    # rank-deficient points (a 3-dim subspace of R^600), zero rows, duplicates
+    rng = np.random.default_rng(5)
+    x = (np.abs(rng.standard_normal((400, 3))) @ np.abs(rng.standard_normal((3, 600)))).astype(np.float32)
+    x[5] = 0
+    x[20] = x[21]
+    w = knn_graph(x, k=4, approximate=True, projection_dim=64)
+    assert np.isfinite(w.data).all() and abs(w - w.T).max() == 0 and not w.diagonal().any()
+    assert w[5].nnz == 0 and w[20, 21] == pytest.approx(1.0, abs=1e-6)
+    assert knn_graph(np.zeros((30, 500), dtype=np.float32), k=3, approximate=True).nnz == 0
+
+
+def test_device_argument_and_thread_count():
+    x = structured(200, 450, seed=6)
+    reference = edges(knn_graph(x, k=5))
+    tensor = torch.from_numpy(x)
+    for device in ("cpu", torch.device("cpu")):
+        assert edges(knn_graph(tensor, k=5, device=device)) == reference
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the suite may run on one thread; 1 -> 1 would prove nothing
+    try:
+        approx = knn_graph(tensor, k=5, approximate=True, device="cpu")
+        assert torch.get_num_threads() == 2  # the re-ranking's single-thread section is undone
+    finally:
+        torch.set_num_threads(threads)
+    assert len(edges(approx) & reference) / len(reference) >= 0.99
+    if torch.cuda.is_available():
+        assert edges(knn_graph(tensor, k=5, device="cuda")) == reference
+        assert edges(knn_graph(tensor, k=5, device="cuda", approximate=True)) == edges(approx)
 
 
 def test_zero_rows_and_duplicates():
@@ -137,6 +272,13 @@ def test_bad_input():
         knn_graph(x[0], k=1)
     with pytest.raises(ValueError, match="at least 2 points"):
         knn_graph(x[:1], k=1)
+    # B8: an empty set of points was a RuntimeError from torch's reshape
+    with pytest.raises(ValueError, match="at least 2 points, got 0"):
+        knn_graph(torch.zeros(0, 3), k=1)
+    with pytest.raises(ValueError, match="at least 2 points, got 0"):
+        knn_graph(np.zeros((0, 3, 2), dtype=np.float32), k=1, approximate=True)
+    with pytest.raises(ValueError, match="at least one feature"):
+        knn_graph(np.zeros((5, 0)), k=1)
     with pytest.raises(ValueError, match="NumPy array or torch.Tensor"):
         knn_graph([[1.0, 2.0]], k=1)
     with pytest.raises(ValueError, match="kernel"):
@@ -147,6 +289,8 @@ def test_bad_input():
         knn_graph(x, k=3, chunk_size=0)
     with pytest.raises(ValueError, match="candidates"):
         knn_graph(x, k=3, approximate=True, candidates=2)
+    with pytest.raises(ValueError, match="sample_size"):
+        knn_graph(x, k=3, approximate=True, sample_size=0)
     with pytest.raises(ValueError, match="real numeric"):
         knn_graph(np.array([["a", "b"], ["c", "d"]]), k=1)
 

@@ -47,6 +47,7 @@ DEFAULT_MIN_CANDIDATES = 64
 POWER_ITERATIONS = 2  # subspace iterations for the projection basis
 RERANK_GROUP = 128  # rows re-ranked together (they share one GEMM for their common candidates)
 DENSE_SHARE = 4  # a candidate of at least this many rows of a group goes into the group's GEMM
+RESIDUAL_CREDIT = 0.1  # share of the largest possible residual product credited to a pair (_project)
 
 
 @contextlib.contextmanager
@@ -277,6 +278,28 @@ def _sample_basis(x: torch.Tensor, inv_norm: torch.Tensor, dim: int, sample: int
     return _orthonormal(basis)
 
 
+def _project(x: torch.Tensor, inv_norm: torch.Tensor, basis: torch.Tensor, rows: int) -> torch.Tensor:
+    """``(N, dim + 1)`` search coordinates of the unit rows: their projections ``z`` on the
+    basis, NOT renormalized, and ``sqrt(RESIDUAL_CREDIT) * |r|``, with ``r`` the part of the
+    unit row outside the basis.
+
+    ``<z_i, z_j>`` estimates the cosine up to the unseen ``<r_i, r_j>`` (renormalizing would
+    inflate the rows the basis represents worst). That term averages slightly positive for
+    close rows, so the extra coordinate credits each pair ``RESIDUAL_CREDIT * |r_i| |r_j|``
+    of it (layer1 activations: the true 10 neighbours among 48 candidates went from 99.2%
+    to 99.5%; with the credit at 0.2 it was worse again, at 0 the plain projection).
+    """
+    n = x.shape[0]
+    out = torch.empty(n, basis.shape[1] + 1, dtype=torch.float32, device=x.device)
+    for start in range(0, n, rows):
+        part = slice(start, start + rows)
+        z = out[part, :-1]
+        z.copy_(_matmul(x[part], basis)).mul_(inv_norm[part, None])
+        unit = (inv_norm[part] > 0).float()  # |u|^2: 1, or 0 for an all-zero row
+        out[part, -1] = (unit - (z * z).sum(dim=1)).clamp_min(0).sqrt().mul_(math.sqrt(RESIDUAL_CREDIT))
+    return out
+
+
 def _tree_order(z: torch.Tensor, leaf: int, gen: torch.Generator) -> torch.Tensor:
     """Rows ordered so that consecutive runs of ``leaf`` rows are compact in ``z`` space.
 
@@ -446,7 +469,7 @@ def _symmetric_union(values: np.ndarray, indices: np.ndarray, n: int) -> sp.csr_
 def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None = None,
               device: str | torch.device | None = None, approximate: bool = False,
               memory_budget: int = DEFAULT_MEMORY_BUDGET, projection_dim: int = 384,
-              candidates: int | None = None, sample_size: int = 4096, seed: int = 0,
+              candidates: int | None = None, sample_size: int = 2048, seed: int = 0,
               progress: bool | None = None) -> sp.csr_matrix:
     """Symmetric sparse k-NN graph of N points (union of each point's k nearest).
 
@@ -481,7 +504,7 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
         Candidates per point re-ranked exactly (approximate mode); default ``max(4k, 64)``.
     sample_size : int
         Rows whose principal subspace is the projection basis (approximate mode; default
-        4096). Larger: better basis (recall), cost linear in it.
+        2048). Larger: better basis (recall), cost linear in it.
     seed : int
         Seed of the sample and of the starting subspace (approximate mode).
     progress : bool, optional
@@ -558,12 +581,7 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
         basis = _sample_basis(pts, inv_norm, dim, sample_size, POWER_ITERATIONS, memory_budget, gen)
-        # Projections of the unit rows, NOT renormalized: <z_i, z_j> estimates the cosine
-        # itself (the share of each row outside the subspace only adds a small error), while
-        # renormalizing would inflate the rows the subspace represents worst.
-        projected = torch.empty(n, basis.shape[1], dtype=torch.float32, device=device)
-        for start in range(0, n, rows):
-            projected[start:start + rows] = _matmul(pts[start:start + rows], basis).mul_(inv_norm[start:start + rows, None])
+        projected = _project(pts, inv_norm, basis, rows)
         _, cand = _chunked_topk(projected, projected, n_cand, rows, progress=progress, desc="k-NN candidates")
     workers = torch.get_num_threads()
     with _small_torch_ops(device):
