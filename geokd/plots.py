@@ -51,8 +51,29 @@ def _pyplot():
     return plt
 
 
-def _style(method: str) -> tuple[str, str | None]:
-    return METHOD_STYLE.get(method, (method, None))
+#: Colours for methods without a fixed style, none of them used by METHOD_STYLE (matplotlib's
+#: own cycle would repeat GKD's blue and RKD-D's orange for the next methods drawn).
+_EXTRA_COLOURS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "gold", "darkblue",
+                  "lime", "maroon", "teal", "salmon", "indigo")
+_assigned: dict[str, str] = {}
+
+
+def _style(method: str) -> tuple[str, str]:
+    """``(label, colour)``; a method without a fixed style gets the next free extra colour,
+    the same one for the rest of the process (so a method keeps its colour across panels).
+
+    Examples
+    --------
+    >>> _style("gkd")
+    ('GKD', 'tab:blue')
+    >>> _style("my-variant")[1] not in {c for _, c in METHOD_STYLE.values()}
+    True
+    """
+    if method in METHOD_STYLE:
+        return METHOD_STYLE[method]
+    if method not in _assigned:
+        _assigned[method] = _EXTRA_COLOURS[len(_assigned) % len(_EXTRA_COLOURS)]
+    return method, _assigned[method]
 
 
 def layer_order(rows: Sequence[Mapping]) -> list[str]:
