@@ -4,16 +4,18 @@ Data: real activations, the ``layer1`` output (16 x 32 x 32 = 16,384 values) of 
 WRN-28-1 teacher (``/work/shared/graph_kd``) on the first N CIFAR-10 training images
 (float32, no augmentation), k = 10.
 
-At ``--n`` (10,000) points, measured in one run:
+At ``--n`` (10,000) points, measured in one run, interleaved (``--rounds`` rounds in the
+order exact, sklearn, approximate, then reversed, so that a change of machine load hits
+all three alike; the best time of each is reported, the largest memory):
 
 - geokd ``knn_graph(x, k=10)`` (exact, symmetric blocked scan);
 - scikit-learn ``NearestNeighbors(n_neighbors=k+1, algorithm="brute", metric="cosine")``
-  ``.fit(x).kneighbors(x)`` (exact, the same N²·d GEMM work, twice over since it does
-  not use symmetry);
-- geokd ``knn_graph(x, k=10, approximate=True)`` (random projection to 256 dimensions,
-  64 candidates re-ranked exactly), with its recall: the share of the true k neighbours
-  of each point (scikit-learn's, self excluded) that are its neighbours in the
-  approximate graph, and the share of the exact graph's edges present;
+  ``.fit(x).kneighbors(x)`` (exact);
+- geokd ``knn_graph(x, k=10, approximate=True)`` at its defaults (projection on the top 384
+  principal directions of a 2048-row sample, 64 candidates per point re-ranked with exact
+  cosines), with its recall: the share of the true k neighbours of each point
+  (scikit-learn's, self excluded) that are its neighbours in the approximate graph, and the
+  share of the exact graph's edges present;
 - PyGSP ``NNGraph(x_normalized, k=10, center=False, rescale=False)`` (scipy KD-tree,
   exact; Euclidean distance between unit rows ranks neighbours as cosine does) on the
   first ``--pygsp-n`` points only: its KD-tree degrades to a scalar scan at d = 16,384
@@ -22,13 +24,19 @@ At ``--n`` (10,000) points, measured in one run:
 
 Time is the wall time of one call (after a warm-up of every method on a small subset),
 memory the peak RSS above the RSS before the call (input excluded, it exists already)
-and the absolute peak RSS of the process. The exact methods' GEMM rate is given as a
-fraction of the CPU's measured float32 matmul peak (:mod:`benchmarks.bench_matmul_peak`).
+and the absolute peak RSS of the process. The GEMM rate of the exact methods is given as
+a fraction of the CPU's measured float32 matmul peak (:mod:`benchmarks.bench_matmul_peak`),
+counting the multiply-adds each really performs: geokd's scan ``2·b_i·b_j·d`` per
+off-diagonal block and ``b_i²·d`` per diagonal one (NumPy runs ``a @ a.T`` as BLAS
+``syrk``), ``N²·d`` in all; scikit-learn also ``N²·d`` while the whole N x N distance
+matrix fits its ``working_memory`` (one chunk: NumPy sees ``X_norm @ X_norm.T`` and uses
+``syrk``), ``2·N²·d`` beyond (N > 11,585 at the default 1 GiB).
 
-Scaling table: N = 1k, 5k, 10k, 50k for both modes (exact above ``--exact-max-n``
-is skipped: ~25x the 10k time), with the growth exponent between successive sizes
-(expected: time ~N² for exact and for the candidate search, memory ~N·k beyond the
-fixed-size blocks).
+Scaling table: N = 1k, 5k, 10k, 50k for both modes (exact above ``--exact-max-n`` is
+skipped: ~25x the 10k time), with the growth exponent between successive sizes
+(expected: time ~N² for exact and, asymptotically, for the approximate candidate search,
+memory ~N·k beyond the fixed-size blocks) and, for the approximate mode, the recall of
+the true 10 neighbours of ``--recall-queries`` random points (exact cosines against all N).
 
 Run: ``python -m benchmarks.bench_knn_scaling [--quick] [--n 10000] [--pygsp-n 1000]``
 (prints tables, writes ``benchmarks/results/bench_knn_scaling.json``).
@@ -129,9 +137,43 @@ def edge_recall(approx: sp.csr_matrix, exact: sp.csr_matrix) -> float:
 
 
 def geokd_exact_gemm_flops(n: int, d: int, *, block: int = 2048) -> float:
-    """FLOPs of the blocks geokd's symmetric scan multiplies (upper block triangle)."""
+    """FLOPs of the blocks geokd's symmetric scan multiplies: the upper block triangle,
+    diagonal blocks through ``syrk`` (half of their square)."""
     sizes = [min(block, n - s) for s in range(0, n, block)]
-    return sum(2.0 * sizes[i] * sizes[j] * d for i in range(len(sizes)) for j in range(i, len(sizes)))
+    return sum((1.0 if i == j else 2.0) * sizes[i] * sizes[j] * d
+               for i in range(len(sizes)) for j in range(i, len(sizes)))
+
+
+def sklearn_gemm_flops(n: int, d: int) -> float:
+    """FLOPs of scikit-learn's brute cosine kneighbors(X) on its own training X: one
+    ``syrk`` (``N²·d``) when the N x N float64 chunk fits ``working_memory``, else a GEMM
+    per chunk (``2·N²·d``)."""
+    import sklearn
+
+    one_chunk = 8 * n * n <= sklearn.get_config()["working_memory"] * 2 ** 20
+    return (1.0 if one_chunk else 2.0) * n * n * d
+
+
+def sampled_recall(graph: sp.csr_matrix, x: np.ndarray, queries: np.ndarray, k: int, *, rows: int = 4096) -> float:
+    """Recall of the true k neighbours (exact cosine against all N, self excluded) of the
+    ``queries`` rows among their edges in ``graph``."""
+    q = unit_rows(x[queries]).astype(np.float32)
+    best = np.full((len(queries), k + 1), -np.inf, dtype=np.float32)
+    best_idx = np.zeros((len(queries), k + 1), dtype=np.int64)
+    for start in range(0, len(x), rows):
+        scores = q @ unit_rows(x[start:start + rows]).astype(np.float32).T
+        merged = np.concatenate([best, scores], axis=1)
+        merged_idx = np.concatenate([best_idx, np.broadcast_to(np.arange(start, start + scores.shape[1]),
+                                                               scores.shape)], axis=1)
+        top = np.argpartition(-merged, k, axis=1)[:, : k + 1]
+        best, best_idx = np.take_along_axis(merged, top, 1), np.take_along_axis(merged_idx, top, 1)
+    order = np.argsort(-best, axis=1, kind="stable")
+    truth = np.take_along_axis(best_idx, order, 1)
+    hits = []
+    for qi, row in zip(queries, truth):
+        found = set(graph.indices[graph.indptr[qi]:graph.indptr[qi + 1]].tolist())
+        hits.extend(j in found for j in [j for j in row if j != qi][:k])
+    return float(np.mean(hits))
 
 
 def run_measured(fn) -> dict:
@@ -148,18 +190,41 @@ def growth(rows: list[dict], key: str) -> None:
             cur[f"{key}_exponent"] = math.log(cur[key] / prev[key]) / math.log(cur["n"] / prev["n"])
 
 
+def interleaved(methods: dict, rounds: int) -> dict:
+    """Each method measured ``rounds`` times in the order ABC CBA ...: best time, largest
+    memory, the first result."""
+    stats: dict = {}
+    names = list(methods)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            run = run_measured(methods[name])
+            run["load_average"] = os.getloadavg()[0]
+            if name not in stats:
+                stats[name] = {**run, "all_seconds": [run["seconds"]], "load_averages": [run["load_average"]]}
+                continue
+            best = stats[name]
+            best["all_seconds"].append(run["seconds"])
+            best["load_averages"].append(run["load_average"])
+            best["seconds"] = min(best["seconds"], run["seconds"])
+            best["peak_rss_delta_mb"] = max(best["peak_rss_delta_mb"], run["peak_rss_delta_mb"])
+            best["peak_rss_mb"] = max(best["peak_rss_mb"], run["peak_rss_mb"])
+    return stats
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="dataset-scale cosine k-NN graphs vs sklearn and PyGSP; scaling")
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--pygsp-n", type=int, default=1000, help="points for the PyGSP comparison")
     parser.add_argument("--scaling", default="1000,5000,10000,50000", help="N values of the scaling table")
     parser.add_argument("--exact-max-n", type=int, default=10_000, help="largest N timed in exact mode")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the main comparison")
+    parser.add_argument("--recall-queries", type=int, default=500, help="points whose recall the scaling rows report")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke test: N = 1000, PyGSP on 150, scaling 300/1000")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.n, args.pygsp_n, args.scaling = 1000, 150, "300,1000"
+        args.n, args.pygsp_n, args.scaling, args.rounds = 1000, 150, "300,1000", 1
     scaling_ns = sorted({int(v) for v in args.scaling.split(",") if v.strip()})
     peak = measure_matmul_peak(size=512 if args.quick else 2048, repeat=3 if args.quick else 5, threads=args.threads)
     peak_gflops = peak["peak_gflops"]
@@ -170,22 +235,24 @@ def main(argv=None) -> dict:
     knn_graph(warm, k=K), knn_graph(warm, k=K, approximate=True), sklearn_knn(warm, K)
     pygsp_knn(unit_rows(warm[:50]), K)
 
-    # ---- the main comparison at N = --n
-    main_rows = []
-    exact = run_measured(lambda: knn_graph(x, k=K))
-    skl = run_measured(lambda: sklearn_knn(x, K))
-    approx = run_measured(lambda: knn_graph(x, k=K, approximate=True))
+    # ---- the main comparison at N = --n, interleaved
+    measured = interleaved({"exact": lambda: knn_graph(x, k=K), "sklearn": lambda: sklearn_knn(x, K),
+                            "approximate": lambda: knn_graph(x, k=K, approximate=True)}, args.rounds)
+    exact, skl, approx = measured["exact"], measured["sklearn"], measured["approximate"]
     truth = true_neighbours(skl["result"][1])
     exact_recall = neighbour_recall(exact["result"], truth)
     approx_recall = neighbour_recall(approx["result"], truth)
     approx_edges = edge_recall(approx["result"], exact["result"])
+    main_rows = []
     for name, stats, flops in (("geokd exact", exact, geokd_exact_gemm_flops(n, d)),
-                               ("sklearn brute cosine", skl, 2.0 * n * n * d),
+                               ("sklearn brute cosine", skl, sklearn_gemm_flops(n, d)),
                                ("geokd approximate", approx, None)):
         row = {"method": name, "n": n, "seconds": stats["seconds"],
                "ratio_sklearn/this": skl["seconds"] / stats["seconds"],
-               "peak_rss_delta_mb": stats["peak_rss_delta_mb"], "peak_rss_mb": stats["peak_rss_mb"]}
+               "peak_rss_delta_mb": stats["peak_rss_delta_mb"], "peak_rss_mb": stats["peak_rss_mb"],
+               "all_seconds": stats["all_seconds"], "load_averages": stats["load_averages"]}
         if flops is not None:
+            row["gemm_flops"] = flops
             row["gemm_fraction_of_peak"] = flops / stats["seconds"] / 1e9 / peak_gflops
         main_rows.append(row)
     main_rows[0]["recall"] = exact_recall
@@ -208,32 +275,38 @@ def main(argv=None) -> dict:
     # ---- scaling table: sizes up to --n are prefixes of x (the --n row is the run above);
     # larger sizes get their own activations once x is freed.
     scaling = {"exact": [], "approximate": []}
+    rng = np.random.default_rng(0)
 
-    def scale_row(mode: str, size: int, stats: dict) -> None:
-        scaling[mode].append({"mode": mode, "n": size, "seconds": stats["seconds"],
-                              "peak_rss_delta_mb": stats["peak_rss_delta_mb"], "nnz": stats["result"].nnz})
+    def scale_row(mode: str, size: int, stats: dict, data: np.ndarray) -> None:
+        row = {"mode": mode, "n": size, "seconds": stats["seconds"],
+               "peak_rss_delta_mb": stats["peak_rss_delta_mb"], "nnz": stats["result"].nnz,
+               "load_average": os.getloadavg()[0]}
+        if mode == "approximate":
+            queries = np.sort(rng.choice(size, min(size, args.recall_queries), replace=False))
+            row["recall_sampled"] = sampled_recall(stats["result"], data, queries, K)
+        scaling[mode].append(row)
 
     measured_at_n = {"exact": exact, "approximate": approx}
-    del skl
+    del skl, measured
     for size in [s for s in scaling_ns if s <= n]:
         for mode in ("exact", "approximate"):
             if mode == "exact" and size > args.exact_max_n:
                 continue
-            if size == n:
-                scale_row(mode, size, measured_at_n[mode])
-                continue
             xn = x[:size]
-            scale_row(mode, size, run_measured(lambda: knn_graph(xn, k=K, approximate=(mode == "approximate"))))
+            stats = measured_at_n[mode] if size == n else run_measured(
+                lambda: knn_graph(xn, k=K, approximate=(mode == "approximate")))
+            scale_row(mode, size, stats, xn)
     del x, exact, approx, measured_at_n
     larger = [s for s in scaling_ns if s > n]
     if larger:
         xl = layer1_activations(max(larger))
         for size in larger:
             xn = xl[:size]
-            for mode in ("exact", "approximate"):
+            for mode in ("approximate", "exact"):
                 if mode == "exact" and size > args.exact_max_n:
                     continue
-                scale_row(mode, size, run_measured(lambda: knn_graph(xn, k=K, approximate=(mode == "approximate"))))
+                scale_row(mode, size, run_measured(lambda: knn_graph(xn, k=K, approximate=(mode == "approximate"))),
+                          xn)
         del xl
     for rows in scaling.values():
         growth(rows, "seconds")
@@ -249,7 +322,7 @@ def main(argv=None) -> dict:
     }
     print(f"cosine k-NN graph, k = {K}, layer1 activations of the released WRN-28-1 on CIFAR-10 train, "
           f"N = {n}, d = {d}; torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}; "
-          f"measured matmul peak {peak_gflops:.1f} GFLOP/s")
+          f"measured matmul peak {peak_gflops:.1f} GFLOP/s; best of {args.rounds} interleaved rounds")
     print(format_table(main_rows, ["method", "n", "seconds", "ratio_sklearn/this", "peak_rss_delta_mb", "peak_rss_mb",
                                    "gemm_fraction_of_peak", "recall"]))
     print(f"approximate mode: recall of the true {K} neighbours {approx_recall:.4f}, "
@@ -260,10 +333,10 @@ def main(argv=None) -> dict:
     print("\nscaling (exponent: log-log slope vs the previous N; expected ~2 for time, <= 1 for memory):")
     flat = scaling["exact"] + scaling["approximate"]
     print(format_table(flat, ["mode", "n", "seconds", "seconds_exponent", "peak_rss_delta_mb",
-                              "peak_rss_delta_mb_exponent", "nnz"]))
+                              "peak_rss_delta_mb_exponent", "nnz", "recall_sampled", "load_average"]))
     print("\ntargets: " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in targets.items()))
     payload = {"quick": args.quick, "k": K, "n": n, "d": d, "threads": torch.get_num_threads(),
-               "load_average": os.getloadavg(), "matmul_peak": peak, "main": main_rows,
+               "rounds": args.rounds, "load_average": os.getloadavg(), "matmul_peak": peak, "main": main_rows,
                "approx_neighbour_recall": approx_recall, "approx_edge_recall": approx_edges,
                "exact_neighbour_recall": exact_recall, "pygsp": pygsp_rows, "scaling": flat,
                "targets": {k_: bool(v) for k_, v in targets.items()}}

@@ -12,20 +12,24 @@ Approximate mode (cosine only) finds candidates in a low-dimensional projection,
 re-ranks them with exact cosines:
 
 1. an orthonormal basis of the top ``projection_dim`` principal directions of a random
-   sample of ``sample_size`` unit rows (two subspace iterations);
+   sample of ``sample_size`` unit rows (two subspace iterations; data-adapted: on
+   activations a Gaussian random projection ranks neighbours far worse);
 2. the unit rows projected on it, NOT renormalized, so that ``<z_i, z_j>`` estimates the
-   cosine itself (renormalizing inflates the rows the basis represents worst);
-3. ``candidates`` per row: the top of ``<z_i, z_j>`` (an exact search in the projection);
+   cosine itself (renormalizing inflates the rows the basis represents worst), plus a
+   small credit for the unseen residual (see :func:`_project`);
+3. ``candidates`` per row: the top of that estimate (an exact search in the projection);
 4. exact re-ranking in groups of rows that are close in the projection: candidates shared
    by several rows of a group are scored in one dense GEMM, the others one dot product at
-   a time (see :func:`_rerank_groups`).
+   a time (see :func:`_rerank_groups`). Edge weights are exact cosines: an edge can be
+   missing, never wrong.
 
-On network activations (the layer1 output of the WRN-28-1 teacher on CIFAR-10:
-N = 10,000, d = 16,384) the defaults keep 99.7% of the true 10 neighbours in about 2.5x
-less time than the exact scan. The recall rests on the data having a few hundred dominant
-directions, as activations and most real features do; on isotropic noise no projection
-predicts the neighbours (every cosine is ~0, and none is meaningful) and recall can be
-much lower: use the exact mode there.
+The recall rests on the data having a few hundred dominant directions, as network
+activations and most real features do: on the layer1 output of the WRN-28-1 teacher on
+CIFAR-10 (N = 10,000, d = 16,384) the defaults keep 99.7% of the true 10 neighbours
+(``benchmarks/bench_knn_scaling.py``). On isotropic noise no projection predicts the
+neighbours (every cosine is ~0, and none is meaningful) and recall can be much lower:
+use the exact mode there. The approximate mode pays off from a few thousand points at
+large d (below, its fixed costs exceed the exact scan).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import torch
 DATASET_KERNELS = ("cosine", "gaussian")
 DEFAULT_MEMORY_BUDGET = 256 * 2 ** 20
 DEFAULT_MIN_CANDIDATES = 64
+DEFAULT_MIN_SAMPLE = 2048
 POWER_ITERATIONS = 2  # subspace iterations for the projection basis
 RERANK_GROUP = 128  # rows re-ranked together (they share one GEMM for their common candidates)
 DENSE_SHARE = 4  # a candidate of at least this many rows of a group goes into the group's GEMM
@@ -54,11 +59,11 @@ RESIDUAL_CREDIT = 0.1  # share of the largest possible residual product credited
 def _small_torch_ops(device: torch.device):
     """Run the enclosed torch ops on one thread (CPU), restoring the count after.
 
-    The approximate mode's re-ranking interleaves BLAS GEMMs with many small torch ops.
-    Each multi-threaded small op is a barrier of torch's OpenMP workers, right after a
-    GEMM whose BLAS workers still spin: on 2 cores that ping-pong made the loop 2-3x
-    slower than on one thread (and far worse with another process on the machine). The
-    GEMMs keep their own BLAS threads.
+    For the re-ranking, whose parallelism is coarse instead (:func:`_rerank_groups`: one
+    Python thread per group of rows). Its many small ops, multi-threaded, were each a
+    barrier of torch's OpenMP workers, right after a BLAS GEMM whose workers still spun:
+    on 2 cores that ping-pong made the loop 2-3x slower than on one thread, and far worse
+    with another process on the machine.
     """
     if device.type != "cpu":
         yield
@@ -218,24 +223,28 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _orthonormal(y: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis of the column span of a tall ``y`` (shifted Cholesky-QR).
+    """Orthonormal basis of the column span of a tall ``y``: shifted Cholesky-QR, twice.
 
-    The Gram matrix and its Cholesky factor are float64 (the columns of a power iterate
-    differ in norm by orders of magnitude). The tiny shift keeps the factorization defined
-    for rank-deficient data: surplus columns shrink towards zero (``Q^T Q <= I``, so no
-    projection is ever inflated) instead of failing. No LAPACK eigen-decomposition or
-    Householder QR: multi-threaded, on a loaded machine those ran 10-100x slower than the
-    whole rest of the projection.
+    Torch ops only (one thread pool: alternating with NumPy's BLAS here cost more than
+    the arithmetic on a loaded machine), float32 GEMMs, float64 Cholesky of the small
+    (l, l) Gram matrix. The shift (a millionth of the largest diagonal entry, above the
+    float32 rounding of the Gram) keeps the first factorization defined for
+    rank-deficient input, whose surplus columns shrink towards zero and are dropped
+    before the second pass, which restores orthogonality: fewer columns may come back.
+    No LAPACK eigen-decomposition or Householder QR: multi-threaded, on a loaded machine
+    those ran 10-100x slower than the whole rest of the projection.
     """
-    y64 = y.double()
-    gram = y64.T @ y64
-    trace = float(gram.diagonal().sum())
-    if not trace > 0:
-        return torch.zeros_like(y)  # nothing to span (all-zero input)
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    factor = torch.linalg.cholesky(gram + 1e-12 * trace * eye)
-    inverse = torch.linalg.solve_triangular(factor, eye, upper=False)
-    return (y64 @ inverse.T).float()
+    for step in range(2):
+        gram = (y.T @ y).double()
+        top = float(gram.diagonal().max()) if gram.numel() else 0.0
+        if not top > 0:
+            return y[:, :0]  # nothing to span (all-zero input)
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        factor = torch.linalg.cholesky(gram + 1e-6 * top * eye)
+        y = y @ torch.linalg.solve_triangular(factor, eye, upper=False).T.float()
+        if step == 0:
+            y = y[:, torch.linalg.vector_norm(y, dim=0) > 0.5]  # the shift shrank the rest
+    return y
 
 
 def _sample_basis(x: torch.Tensor, inv_norm: torch.Tensor, dim: int, sample: int, iterations: int,
@@ -469,7 +478,7 @@ def _symmetric_union(values: np.ndarray, indices: np.ndarray, n: int) -> sp.csr_
 def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None = None,
               device: str | torch.device | None = None, approximate: bool = False,
               memory_budget: int = DEFAULT_MEMORY_BUDGET, projection_dim: int = 384,
-              candidates: int | None = None, sample_size: int = 2048, seed: int = 0,
+              candidates: int | None = None, sample_size: int | None = None, seed: int = 0,
               progress: bool | None = None) -> sp.csr_matrix:
     """Symmetric sparse k-NN graph of N points (union of each point's k nearest).
 
@@ -502,9 +511,11 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
         principal basis replaced the Gaussian one).
     candidates : int, optional
         Candidates per point re-ranked exactly (approximate mode); default ``max(4k, 64)``.
-    sample_size : int
-        Rows whose principal subspace is the projection basis (approximate mode; default
-        2048). Larger: better basis (recall), cost linear in it.
+    sample_size : int, optional
+        Rows whose principal subspace is the projection basis (approximate mode); default
+        ``max(2048, N // 6)``: larger N packs neighbours closer, so the basis must be
+        better (layer1 activations, 64 candidates: recall 0.981 at N = 50,000 with 2048
+        rows, 0.992 with 8192). Cost linear in it.
     seed : int
         Seed of the sample and of the starting subspace (approximate mode).
     progress : bool, optional
@@ -538,7 +549,7 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
     if approximate and kernel != "cosine":
         raise ValueError(f"approximate mode supports kernel='cosine' only, got {kernel!r}")
     for name, value in (("memory_budget", memory_budget), ("projection_dim", projection_dim),
-                        ("sample_size", sample_size)):
+                        ("sample_size", 1 if sample_size is None else sample_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"expected {name} to be a positive int, got {value!r}")
     if device is None:
@@ -580,7 +591,8 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
         return _symmetric_union(values.cpu().numpy(), indices.cpu().numpy(), n)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
-        basis = _sample_basis(pts, inv_norm, dim, sample_size, POWER_ITERATIONS, memory_budget, gen)
+        sample = max(DEFAULT_MIN_SAMPLE, n // 6) if sample_size is None else sample_size
+        basis = _sample_basis(pts, inv_norm, dim, sample, POWER_ITERATIONS, memory_budget, gen)
         projected = _project(pts, inv_norm, basis, rows)
         _, cand = _chunked_topk(projected, projected, n_cand, rows, progress=progress, desc="k-NN candidates")
     workers = torch.get_num_threads()
