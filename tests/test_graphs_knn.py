@@ -310,3 +310,23 @@ def test_large_exact_and_approximate_against_sklearn_queries():
     approx = knn_graph(x, k=k, approximate=True)
     recall = len(edges(exact) & edges(approx)) / len(edges(exact))
     assert recall >= 0.99
+
+
+# Reliability B11: finite points near float32's limits once gave -inf/NaN weights (block
+# products overflowed, 1/|x| of subnormal rows was inf). Both kernels are scale-free, so
+# the graph must be the one of the same points scaled into the ordinary range.
+@pytest.mark.parametrize("kernel", ["cosine", "gaussian"])
+@pytest.mark.parametrize("scale", [2.0 ** 120, 2.0 ** -130])
+def test_points_near_float32_limits_give_the_graph_of_the_rescaled_points(kernel, scale):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 6, generator=g)
+    w_ref = knn_graph(x, k=4, kernel=kernel, progress=False).toarray()
+    w = knn_graph(x * scale, k=4, kernel=kernel, progress=False).toarray()
+    assert np.isfinite(w).all()
+    # Subnormal inputs keep fewer bits: compare loosely there, tightly otherwise.
+    np.testing.assert_allclose(w, w_ref, atol=1e-5 if scale > 1 else 2e-2)
+
+
+def test_a_huge_and_an_opposite_point_are_neighbours_with_cosine_minus_one():
+    w = knn_graph(torch.tensor([[2.674932597158948e36], [-9.430107577603728e37]]), k=1, progress=False)
+    assert w.toarray().tolist() == [[0.0, -1.0], [-1.0, 0.0]]

@@ -203,8 +203,8 @@ def test_checkpoint_of_a_different_model_family_is_refused(tmp_path):
 
 
 def test_not_a_torch_file_at_all_is_refused(tmp_path):
-    # (A text file starting with a pickle memo opcode, e.g. "hello", makes load_checkpoint
-    # raise KeyError: a pending bug, tests/_pending_bugs.py.txt.)
+    # (A text file starting with a pickle memo opcode, e.g. "hello": B9, covered in
+    # tests/test_checkpoints.py.)
     for name, blob in {"empty": b"", "zip_garbage": b"PK\x03\x04" + b"\0" * 64, "json": b'{"a": 1}\n',
                        "numpy": None}.items():
         path = tmp_path / f"{name}.pt"

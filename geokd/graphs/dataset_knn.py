@@ -115,6 +115,30 @@ def _rows_per_chunk(n: int, width: int, budget: int, chunk_size: int | None) -> 
     return max(1, min(n, budget // (8 * max(width, 1))))
 
 
+#: Row peaks outside [2^-60, 2^60] make the block products over- or underflow float32.
+_SAFE_PEAK = 2.0 ** 60
+
+
+def _in_product_range(pts: torch.Tensor, *, per_row: bool) -> torch.Tensor:
+    """``pts``, or ``pts`` divided by powers of two when its products would leave float32.
+
+    Both kernels are scale-free (cosine per row; the gaussian with its mean-distance width
+    for one global factor), and dividing by a power of two is exact, so the graph is the
+    one of the original points. Ordinary data costs one max-reduction and no copy.
+    """
+    from geokd.graphs._numerics import pow2_scale
+
+    with torch.no_grad():
+        peak = pts.abs().amax(dim=1)
+        if not bool(torch.isfinite(peak).all()):
+            bad = int(torch.nonzero(~torch.isfinite(peak))[0])
+            raise ValueError(f"expected finite points, got NaN/Inf values in row {bad}")
+        nonzero = peak[peak > 0]
+        if nonzero.numel() == 0 or (bool((nonzero <= _SAFE_PEAK).all()) and bool((nonzero >= 1 / _SAFE_PEAK).all())):
+            return pts
+        return pts / pow2_scale(pts, dim=1 if per_row else None)
+
+
 def _row_norms(x: torch.Tensor, rows: int) -> torch.Tensor:
     norms = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     for start in range(0, x.shape[0], rows):
@@ -560,6 +584,7 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
         raise ValueError(f"expected an int k with 1 <= k < N={n} (a point has {n - 1} possible neighbours), got {k!r}")
     rows = _rows_per_chunk(n, n, memory_budget, chunk_size)
+    pts = _in_product_range(pts, per_row=kernel == "cosine")
     norms = _row_norms(pts, rows)
     # Square blocks for the symmetric scan: small enough to skip most of the lower
     # triangle, large enough for efficient GEMMs.
