@@ -115,40 +115,45 @@ def _rows_per_chunk(n: int, width: int, budget: int, chunk_size: int | None) -> 
     return max(1, min(n, budget // (8 * max(width, 1))))
 
 
-#: Row peaks outside [2^-60, 2^60] make the block products over- or underflow float32.
-_SAFE_PEAK = 2.0 ** 60
-
-
-def _in_product_range(pts: torch.Tensor, *, per_row: bool) -> torch.Tensor:
-    """``pts``, or ``pts`` divided by powers of two when its products would leave float32.
-
-    Both kernels are scale-free (cosine per row; the gaussian with its mean-distance width
-    for one global factor), and dividing by a power of two is exact, so the graph is the
-    one of the original points. Ordinary data costs one max-reduction and no copy.
-    """
-    from geokd.graphs._numerics import pow2_scale
-
-    with torch.no_grad():
-        peak = pts.abs().amax(dim=1)
-        if not bool(torch.isfinite(peak).all()):
-            bad = int(torch.nonzero(~torch.isfinite(peak))[0])
-            raise ValueError(f"expected finite points, got NaN/Inf values in row {bad}")
-        nonzero = peak[peak > 0]
-        if nonzero.numel() == 0 or (bool((nonzero <= _SAFE_PEAK).all()) and bool((nonzero >= 1 / _SAFE_PEAK).all())):
-            return pts
-        return pts / pow2_scale(pts, dim=1 if per_row else None)
+#: Row norms outside [2^-60, 2^60] make the block products over- or underflow float32.
+_SAFE_NORM = 2.0 ** 60
 
 
 def _row_norms(x: torch.Tensor, rows: int) -> torch.Tensor:
     norms = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     for start in range(0, x.shape[0], rows):
-        block = x[start:start + rows]
-        norms[start:start + rows] = torch.linalg.vector_norm(block, dim=1)
-    if not bool(torch.isfinite(norms).all()):
-        # A non-finite norm means a NaN/Inf entry (or a row so large its norm overflows).
-        bad = int(torch.nonzero(~torch.isfinite(norms))[0])
-        raise ValueError(f"expected finite points, got NaN/Inf (or float32 overflow) in row {bad}")
+        norms[start:start + rows] = torch.linalg.vector_norm(x[start:start + rows], dim=1)
     return norms
+
+
+def _points_in_product_range(pts: torch.Tensor, rows: int, *, per_row: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(points, their norms)``: ``pts`` itself, or ``pts`` divided by powers of two when
+    its products would leave float32 (norms above 2^60, below 2^-60, or underflowed to 0
+    for a row that is not zero).
+
+    Both kernels are scale-free (cosine per row; the gaussian with its mean-distance width
+    for one global factor), and dividing by a power of two is exact, so the graph is the
+    one of the original points. Ordinary data costs the norms alone: no extra pass, no copy.
+    """
+    from geokd.graphs._numerics import pow2_scale
+
+    with torch.no_grad():
+        norms = _row_norms(pts, rows)
+        finite = torch.isfinite(norms)
+        if not bool(finite.all()):
+            # An infinite norm is a NaN/Inf entry, or finite entries whose squares overflow.
+            bad = torch.nonzero(~finite).reshape(-1)
+            nonfinite = ~torch.isfinite(pts[bad]).all(dim=1)
+            if bool(nonfinite.any()):
+                raise ValueError(f"expected finite points, got NaN/Inf values in row {int(bad[nonfinite][0])}")
+        else:
+            nonzero = norms[norms > 0]
+            zero_rows = norms == 0
+            in_range = nonzero.numel() == 0 or bool((nonzero <= _SAFE_NORM).all() & (nonzero >= 1 / _SAFE_NORM).all())
+            if in_range and not (bool(zero_rows.any()) and bool(pts[zero_rows].ne(0).any())):
+                return pts, norms
+        pts = pts / pow2_scale(pts, dim=1 if per_row else None)
+        return pts, _row_norms(pts, rows)
 
 
 def _matmul_nt(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -584,8 +589,7 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
         raise ValueError(f"expected an int k with 1 <= k < N={n} (a point has {n - 1} possible neighbours), got {k!r}")
     rows = _rows_per_chunk(n, n, memory_budget, chunk_size)
-    pts = _in_product_range(pts, per_row=kernel == "cosine")
-    norms = _row_norms(pts, rows)
+    pts, norms = _points_in_product_range(pts, rows, per_row=kernel == "cosine")
     # Square blocks for the symmetric scan: small enough to skip most of the lower
     # triangle, large enough for efficient GEMMs.
     block = chunk_size if chunk_size is not None else max(1, min(n, 2048, math.isqrt(memory_budget // 8)))
