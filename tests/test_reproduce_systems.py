@@ -107,8 +107,7 @@ def test_every_run_of_the_digits_methods_study_builds_with_the_same_student(tmp_
         x, y = next(iter(parts.train_batches))
         for term in parts.terms:
             if term.fit_epochs:  # IEP, MHGD: a one-batch fitting stage stands in for the real one
-                taps = parts.term_taps.get(term.name, (None, None))[1] or parts.teacher_taps
-                term.module.fit_teacher(taps, [(x, y)], epochs=1, device=torch.device("cpu"))
+                term.module.fit_teacher(parts.teacher_taps_for(term), [(x, y)], epochs=1, device=torch.device("cpu"))
         seen = set()
         for epoch in sorted({0, max([t.init_epochs for t in parts.terms] or [0])}):  # both stages of staged rows
             ce, values, active, _ = stepper.losses(x, y, epoch=epoch)

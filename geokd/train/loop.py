@@ -106,6 +106,11 @@ class TrainingParts:
     term_taps: dict[str, tuple[Callable | None, Callable | None]] = field(default_factory=dict)
     model_config: dict = field(default_factory=dict)
 
+    def teacher_taps_for(self, term: Term) -> Callable[[torch.Tensor], ModelOutputs] | None:
+        """The teacher taps ``term`` reads: its own if its module names some, else the model's."""
+        _, t_extra = self.term_taps.get(term.name, (None, None))
+        return t_extra or self.teacher_taps
+
 
 @dataclass
 class RunResult:
@@ -524,9 +529,8 @@ def _fit_teacher_stage(parts: TrainingParts, fitted: list[Term], device: torch.d
         raise ConfigError(f"terms {', '.join(t.name for t in fitted)}: a teacher-fitting stage needs a teacher")
     log = {}
     for term in fitted:
-        _, t_extra = parts.term_taps.get(term.name, (None, None))
         t0 = time.perf_counter()
-        losses = term.module.fit_teacher(t_extra or parts.teacher_taps, parts.train_batches, epochs=term.fit_epochs,
+        losses = term.module.fit_teacher(parts.teacher_taps_for(term), parts.train_batches, epochs=term.fit_epochs,
                                          device=device)
         losses = [float(v) for v in losses]
         if len(losses) != term.fit_epochs or not all(math.isfinite(v) for v in losses):
