@@ -112,7 +112,7 @@ def _status(run_dir: Path, expected: dict) -> tuple[str, list[str]]:
     else:
         return "missing", []
     if run.config_path.is_file():
-        diff = _differences(_comparable(run.read_json(run.config_path)), _comparable(expected))
+        diff = _differences(run.read_json(run.config_path), _comparable(expected))
         if diff:
             return "changed", diff
     return status, []
