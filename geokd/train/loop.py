@@ -210,21 +210,27 @@ class _Stepper:
         init_terms = [t for t in parts.terms if t.init_epochs > epoch]
         active = init_terms or [t for t in parts.terms if not getattr(t.module, "init_only", False)]
         with _autocast(self.device, self.config.run.amp):
-            student = parts.student_taps(x)
+            # The teacher's forwards go first: their transient buffers are then freed before
+            # the student's forward and reused by it. Run after it, with the student's saved
+            # activations still held, they were fresh memory on every step (CPU, WRN-28-1
+            # teacher, batch 128: ~19k page faults and 65 ms of kernel time per step, more
+            # than the GKD term itself). The teacher uses no randomness: results are unchanged.
             teacher = None
-            if self.teacher_needed and any(t.needs_teacher for t in active):
-                with torch.no_grad():
+            teacher_outs = {}
+            with torch.no_grad():
+                if self.teacher_needed and any(t.needs_teacher for t in active):
                     teacher = parts.teacher_taps(x)
+                for term in active:
+                    _, t_extra = parts.term_taps.get(term.name, (None, None))
+                    if t_extra is not None and term.needs_teacher:
+                        teacher_outs[term.name] = t_extra(x)
+            student = parts.student_taps(x)
             ce = None if init_terms else F.cross_entropy(student.logits, y)
             values = []
             for term in active:
-                s_out, t_out = student, teacher
-                s_extra, t_extra = parts.term_taps.get(term.name, (None, None))
-                if s_extra is not None:
-                    s_out = s_extra(x)
-                if t_extra is not None and term.needs_teacher:
-                    with torch.no_grad():
-                        t_out = t_extra(x)
+                s_extra, _ = parts.term_taps.get(term.name, (None, None))
+                s_out = student if s_extra is None else s_extra(x)
+                t_out = teacher_outs.get(term.name, teacher)
                 labels = y
                 if ctx.enabled and self.config.run.global_batch_graph:
                     s_out = ctx.gather_outputs(s_out, with_grad=True)
