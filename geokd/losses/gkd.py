@@ -17,10 +17,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from geokd.graphs._numerics import full_precision
-from geokd.graphs._validation import as_layer_list, check_activations, check_labels, check_layer_pair
-from geokd.graphs.batch import _graph_pair
+from geokd.graphs._numerics import full_precision, squared_norms_in_range
+from geokd.graphs._validation import (
+    as_layer_list, check_activations, check_labels, check_layer_pair, check_pair_batch,
+)
+from geokd.graphs.batch import _batch_graph, _graph_pair
+from geokd.graphs.masks import task_mask
 from geokd.graphs.spec import GraphSpec
+from geokd.losses import _gkd_fused
 from geokd.losses.registry import register_loss
 from geokd.models.outputs import ModelOutputs
 
@@ -105,13 +109,17 @@ def gkd_loss(student_feats: Sequence[torch.Tensor] | torch.Tensor,
 def _total(student, teacher, wheres, *, spec, labels, num_classes, checked: bool) -> torch.Tensor:
     total = None
     for where, s, t in zip(wheres, student, teacher):
-        # Validated right before use: the graph then reads activations the check just cached.
-        s_flat = check_activations(s, where=f"{where} (student)")
-        t_flat = check_activations(t, where=f"{where} (teacher)")
+        # The unchecked pass skips the finiteness pass over the activations: a NaN/Inf
+        # makes the total non-finite, and the checked pass then names the layer.
+        s_flat = check_activations(s, where=f"{where} (student)", finite=checked)
+        t_flat = check_activations(t, where=f"{where} (teacher)", finite=checked)
         with full_precision(s_flat):
-            a_s, a_t = _graph_pair(s_flat, t_flat, spec=spec, labels=labels, num_classes=num_classes, where=where,
-                                   checked=checked)
-            term = (a_t - a_s).pow(2).sum()
+            term = None if checked else _fused_term(s_flat, t_flat, spec=spec, labels=labels,
+                                                    num_classes=num_classes, where=where)
+            if term is None:
+                a_s, a_t = _graph_pair(s_flat, t_flat, spec=spec, labels=labels, num_classes=num_classes,
+                                       where=where, checked=checked)
+                term = (a_t - a_s).pow(2).sum()
         if checked and not bool(torch.isfinite(term)):
             raise ValueError(f"{where}: the GKD term overflows {term.dtype}: the graphs' entries are too large "
                              "(an unnormalized or dot-product graph of huge activations?)")
@@ -119,6 +127,26 @@ def _total(student, teacher, wheres, *, spec, labels, num_classes, checked: bool
     if checked and not bool(torch.isfinite(total)):
         raise ValueError(f"the GKD loss summed over {len(wheres)} layers overflows {total.dtype}")
     return total
+
+
+def _fused_term(s_flat, t_flat, *, spec, labels, num_classes, where) -> torch.Tensor | None:
+    """The layer's term with the student's side as one autograd node, or ``None`` where
+    that does not apply (other graph variants, half precision, squared norms out of range)."""
+    if not _gkd_fused.supports(spec, s_flat.dtype) or t_flat.dtype != s_flat.dtype:
+        return None
+    check_pair_batch(s_flat, t_flat, where=where)
+    with torch.no_grad():
+        teacher = _batch_graph(t_flat.detach(), spec=spec, labels=labels, mask=None, num_classes=num_classes,
+                               where=f"{where} (teacher)", checked=False)
+        mask = teacher.knn_mask
+        if spec.task != "all":
+            tmask = task_mask(labels.to(s_flat.device), task=spec.task, dtype=s_flat.dtype)
+            mask = tmask if mask is None else mask * tmask
+    term, sq_norms = _gkd_fused.student_term(s_flat, teacher.adjacency.to(s_flat.dtype), mask,
+                                             normalization=spec.normalization)
+    # As the generic cosine kernel: squared norms that under- or overflowed would make
+    # wrong cosines (not NaN), so such a batch takes the generic path, which rescales.
+    return term if squared_norms_in_range(sq_norms, each=True) else None
 
 
 @register_loss("gkd")
