@@ -255,22 +255,25 @@ def _orthonormal(y: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis of the column span of a tall ``y``: shifted Cholesky-QR, twice.
 
     Torch ops only (one thread pool: alternating with NumPy's BLAS here cost more than
-    the arithmetic on a loaded machine), float32 GEMMs, float64 Cholesky of the small
-    (l, l) Gram matrix. The shift (a millionth of the largest diagonal entry, above the
-    float32 rounding of the Gram) keeps the first factorization defined for
-    rank-deficient input, whose surplus columns shrink towards zero and are dropped
+    the arithmetic on a loaded machine), GEMMs in ``y``'s dtype, float64 Cholesky of the
+    small (l, l) Gram matrix. The shift (ten units of ``y``'s rounding times the largest
+    diagonal entry, above the rounding of the Gram) keeps the first factorization defined
+    for rank-deficient input, whose surplus columns shrink towards zero and are dropped
     before the second pass, which restores orthogonality: fewer columns may come back.
+    A column whose squared singular value is below the shift is dropped too, so columns
+    whose scales span more than ~1e3 need ``y`` in float64 (see :func:`_sample_basis`).
     No LAPACK eigen-decomposition or Householder QR: multi-threaded, on a loaded machine
     those ran 10-100x slower than the whole rest of the projection.
     """
+    shift = 10 * torch.finfo(y.dtype).eps
     for step in range(2):
         gram = (y.T @ y).double()
         top = float(gram.diagonal().max()) if gram.numel() else 0.0
         if not top > 0:
             return y[:, :0]  # nothing to span (all-zero input)
         eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-        factor = torch.linalg.cholesky(gram + 1e-6 * top * eye)
-        y = y @ torch.linalg.solve_triangular(factor, eye, upper=False).T.float()
+        factor = torch.linalg.cholesky(gram + shift * top * eye)
+        y = y @ torch.linalg.solve_triangular(factor, eye, upper=False).T.to(y.dtype)
         if step == 0:
             y = y[:, torch.linalg.vector_norm(y, dim=0) > 0.5]  # the shift shrank the rest
     return y
@@ -307,7 +310,10 @@ def _sample_basis(x: torch.Tensor, inv_norm: torch.Tensor, dim: int, sample: int
     image = torch.cat([(sample_rows(part)[:, features] * signs).reshape(-1, dim, mix).sum(dim=2)
                        for part in chunks]).mul_(scale)
     for step in range(iterations):
-        image = _orthonormal(image).mul_(scale)
+        # In float64 (cheap at (m, dim)): each iteration squares the spread of the column
+        # scales, which on activations reaches ~1e7 (sigma_1/sigma_384 of the unit rows is
+        # ~60), beyond what a float32 Gram resolves: there, 2/3 of the columns were lost.
+        image = _orthonormal(image.double()).float().mul_(scale)
         basis = torch.zeros(d, image.shape[1], dtype=torch.float32, device=x.device)
         for part in chunks:
             basis += _matmul(sample_rows(part).T, image[part])
