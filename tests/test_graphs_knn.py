@@ -218,6 +218,19 @@ def test_sample_basis_keeps_every_direction_of_a_spread_spectrum():
     assert float(kept.min()) > 0.99
 
 
+def test_approximate_with_fewer_points_than_projection_dimensions():
+    # 200-300 points, 384 projection dimensions by default: the sample's iterate has rank
+    # <= N (its float64 Gram is singular up to rounding; the Cholesky shift must absorb it).
+    gen = torch.Generator().manual_seed(1)
+    for n in (200, 300):
+        x = torch.rand(n, 2000, generator=gen)
+        approx = knn_graph(x, k=5, approximate=True)
+        exact = knn_graph(x, k=5)
+        # all N - 1 < 384 directions fit in the projection: the same edges, the same cosines
+        assert ((approx != 0) != (exact != 0)).nnz == 0
+        np.testing.assert_allclose(approx.toarray(), exact.toarray(), atol=1e-5)
+
+
 def test_approximate_degenerate_data_stays_finite():
     # rank-deficient points (a 3-dim subspace of R^600), zero rows, duplicates
     rng = np.random.default_rng(5)

@@ -251,13 +251,17 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
+#: Relative Cholesky shift per dtype of the GEMMs: above the rounding of their Gram matrix.
+_CHOLESKY_SHIFT = {torch.float32: 1e-6, torch.float64: 1e-12}
+
+
 def _orthonormal(y: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis of the column span of a tall ``y``: shifted Cholesky-QR, twice.
 
     Torch ops only (one thread pool: alternating with NumPy's BLAS here cost more than
     the arithmetic on a loaded machine), GEMMs in ``y``'s dtype, float64 Cholesky of the
-    small (l, l) Gram matrix. The shift (ten units of ``y``'s rounding times the largest
-    diagonal entry, above the rounding of the Gram) keeps the first factorization defined
+    small (l, l) Gram matrix. The shift (``_CHOLESKY_SHIFT`` times the largest diagonal
+    entry, above the rounding of the Gram; raised if that was not enough) keeps the first factorization defined
     for rank-deficient input, whose surplus columns shrink towards zero and are dropped
     before the second pass, which restores orthogonality: fewer columns may come back.
     A column whose squared singular value is below the shift is dropped too, so columns
@@ -265,14 +269,17 @@ def _orthonormal(y: torch.Tensor) -> torch.Tensor:
     No LAPACK eigen-decomposition or Householder QR: multi-threaded, on a loaded machine
     those ran 10-100x slower than the whole rest of the projection.
     """
-    shift = 10 * torch.finfo(y.dtype).eps
+    shift = _CHOLESKY_SHIFT[y.dtype]
     for step in range(2):
         gram = (y.T @ y).double()
         top = float(gram.diagonal().max()) if gram.numel() else 0.0
         if not top > 0:
             return y[:, :0]  # nothing to span (all-zero input)
         eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-        factor = torch.linalg.cholesky(gram + shift * top * eye)
+        factor, info = torch.linalg.cholesky_ex(gram + shift * top * eye)
+        while int(info) != 0:  # rounding beyond the shift (rank-deficient input): shift more
+            shift *= 100
+            factor, info = torch.linalg.cholesky_ex(gram + shift * top * eye)
         y = y @ torch.linalg.solve_triangular(factor, eye, upper=False).T.to(y.dtype)
         if step == 0:
             y = y[:, torch.linalg.vector_norm(y, dim=0) > 0.5]  # the shift shrank the rest
