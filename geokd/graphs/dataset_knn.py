@@ -261,15 +261,16 @@ def _orthonormal(y: torch.Tensor) -> torch.Tensor:
     Torch ops only (one thread pool: alternating with NumPy's BLAS here cost more than
     the arithmetic on a loaded machine), GEMMs in ``y``'s dtype, float64 Cholesky of the
     small (l, l) Gram matrix. The shift (``_CHOLESKY_SHIFT`` times the largest diagonal
-    entry, above the rounding of the Gram; raised if that was not enough) keeps the first factorization defined
-    for rank-deficient input, whose surplus columns shrink towards zero and are dropped
-    before the second pass, which restores orthogonality: fewer columns may come back.
+    entry, above the rounding of the Gram; raised if that was not enough) keeps the first
+    factorization defined for rank-deficient input, whose surplus columns shrink towards
+    zero and are dropped before the second pass, which restores orthogonality: fewer
+    columns may come back.
     A column whose squared singular value is below the shift is dropped too, so columns
     whose scales span more than ~1e3 need ``y`` in float64 (see :func:`_sample_basis`).
     No LAPACK eigen-decomposition or Householder QR: multi-threaded, on a loaded machine
     those ran 10-100x slower than the whole rest of the projection.
     """
-    shift = _CHOLESKY_SHIFT[y.dtype]
+    shift = _CHOLESKY_SHIFT.get(y.dtype, 1e-6)
     for step in range(2):
         gram = (y.T @ y).double()
         top = float(gram.diagonal().max()) if gram.numel() else 0.0
@@ -277,9 +278,12 @@ def _orthonormal(y: torch.Tensor) -> torch.Tensor:
             return y[:, :0]  # nothing to span (all-zero input)
         eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
         factor, info = torch.linalg.cholesky_ex(gram + shift * top * eye)
-        while int(info) != 0:  # rounding beyond the shift (rank-deficient input): shift more
+        while int(info) != 0 and shift < 1e-2:  # rounding beyond the shift (rank-deficient input)
             shift *= 100
             factor, info = torch.linalg.cholesky_ex(gram + shift * top * eye)
+        if int(info) != 0:
+            raise ValueError(f"could not orthonormalize the projection basis (Gram matrix of {tuple(y.shape)} "
+                             "not positive definite even with a 1% shift)")
         y = y @ torch.linalg.solve_triangular(factor, eye, upper=False).T.to(y.dtype)
         if step == 0:
             y = y[:, torch.linalg.vector_norm(y, dim=0) > 0.5]  # the shift shrank the rest

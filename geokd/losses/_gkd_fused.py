@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from geokd.graphs.kernels import _safe_rsqrt
+from geokd.graphs.normalize import _safe_inverse_power
 from geokd.graphs.spec import GraphSpec
 
 FUSED_DTYPES = (torch.float32, torch.float64)
@@ -40,32 +42,21 @@ def supports(spec: GraphSpec, dtype: torch.dtype) -> bool:
             and dtype in FUSED_DTYPES)
 
 
-def _inverse_power(v: torch.Tensor, exponent: float) -> torch.Tensor:
-    # v^exponent where v > 0, else 0 (as the generic builders' zero-row / zero-degree policy).
-    positive = v > 0
-    return torch.where(positive, torch.where(positive, v, torch.ones_like(v)).pow(exponent), torch.zeros_like(v))
-
-
-def _inverse_sqrt(v: torch.Tensor) -> torch.Tensor:
-    positive = v > 0
-    return torch.where(positive, torch.where(positive, v, torch.ones_like(v)).rsqrt(), torch.zeros_like(v))
-
-
 class _StudentTerm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, target, mask, normalization):
         gram = x @ x.T
         gram = 0.5 * (gram + gram.T)  # exactly symmetric, as geokd.graphs.kernels.gram
         sq_norms = torch.diagonal(gram).clone()
-        inv_norm = _inverse_sqrt(sq_norms)
+        inv_norm = _safe_rsqrt(sq_norms)
         cosine = gram * (inv_norm.unsqueeze(1) * inv_norm.unsqueeze(0))
         cosine.fill_diagonal_(0.0)
         factor = None
         if normalization == "sym":
-            factor = _inverse_power(cosine.sum(dim=1), -0.5)
+            factor = _safe_inverse_power(cosine.sum(dim=1), -0.5)
             graph = cosine * (factor.unsqueeze(1) * factor.unsqueeze(0))
         elif normalization == "rw":
-            factor = _inverse_power(cosine.sum(dim=1), -1.0)
+            factor = _safe_inverse_power(cosine.sum(dim=1), -1.0)
             graph = factor.unsqueeze(1) * cosine
         else:
             graph = cosine
