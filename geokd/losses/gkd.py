@@ -142,8 +142,7 @@ def _fused_term(s_flat, t_flat, *, spec, labels, num_classes, where) -> torch.Te
         if spec.task != "all":
             tmask = task_mask(labels.to(s_flat.device), task=spec.task, dtype=s_flat.dtype)
             mask = tmask if mask is None else mask * tmask
-    term, sq_norms = _gkd_fused.student_term(s_flat, teacher.adjacency.to(s_flat.dtype), mask,
-                                             normalization=spec.normalization)
+    term, sq_norms = _gkd_fused.student_term(s_flat, teacher.adjacency, mask, normalization=spec.normalization)
     # As the generic cosine kernel: squared norms that under- or overflowed would make
     # wrong cosines (not NaN), so such a batch takes the generic path, which rescales.
     return term if squared_norms_in_range(sq_norms, each=True) else None
