@@ -15,6 +15,8 @@ post-ReLU features, the paper's sensing points, have no negative cosines at all.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -70,6 +72,31 @@ def cosine_knn_graph(features, *, k: int = 10, device="cpu", name: str | None = 
     return w
 
 
+def _gkd_normalize_(similarity: torch.Tensor, name: str | None) -> torch.Tensor:
+    """``D^-1/2 A D^-1/2`` of a zero-diagonal cosine matrix ``A``, in place."""
+    # float32 row sums: torch sums pairwise (relative error ~1e-7 at 10,000 terms), and a
+    # float64 sum would first convert the whole N x N matrix (about 20x slower).
+    degrees = similarity.sum(dim=1)
+    if bool((degrees <= 0).any()):
+        bad = int(torch.nonzero(degrees <= 0)[0])
+        raise ValueError(
+            f"{where(name)}expected positive degrees in the cosine graph, got {float(degrees[bad]):.3g} "
+            f"at node {bad} (negative cosines dominate; use post-ReLU features)"
+        )
+    inv_sqrt = degrees.rsqrt()
+    return similarity.mul_(inv_sqrt[:, None]).mul_(inv_sqrt[None, :])
+
+
+def _cosine_matrix(features, *, device, name: str | None) -> torch.Tensor:
+    from geokd.graphs.dense_cosine import cosine_similarity_matrix
+
+    x = as_features(features, name=name)
+    try:
+        return cosine_similarity_matrix(x, device=device)
+    except ValueError as error:   # e.g. an all-zero row: say which layer
+        raise ValueError(f"{where(name)}{error}") from None
+
+
 def gkd_adjacency(features, *, device="cpu", name: str | None = None) -> torch.Tensor:
     """The GKD graph ``Â = D^-1/2 A D^-1/2`` of a node set (full cosine graph, zero diagonal).
 
@@ -81,17 +108,62 @@ def gkd_adjacency(features, *, device="cpu", name: str | None = None) -> torch.T
     >>> bool(torch.allclose(a, a.T)), float(a.diagonal().abs().sum())
     (True, 0.0)
     """
-    x = torch.from_numpy(as_features(features, name=name)).to(device)
-    _check_nonzero_rows(x.cpu().numpy(), name)
-    z = torch.nn.functional.normalize(x, dim=1)
-    a = z @ z.T
-    a.fill_diagonal_(0)
-    degrees = a.sum(dim=1)
-    if bool((degrees <= 0).any()):
-        bad = int(torch.nonzero(degrees <= 0)[0])
-        raise ValueError(
-            f"{where(name)}expected positive degrees in the cosine graph, got {float(degrees[bad]):.3g} "
-            f"at node {bad} (negative cosines dominate; use post-ReLU features)"
-        )
-    inv_sqrt = degrees.rsqrt()
-    return inv_sqrt[:, None] * a * inv_sqrt[None, :]
+    return _gkd_normalize_(_cosine_matrix(features, device=device, name=name), name)
+
+
+@dataclass(frozen=True)
+class CosineGraphs:
+    """The graphs of one layer read from one cosine matrix (see :func:`cosine_graphs`)."""
+
+    knn: sp.csr_matrix                 # cosine k-NN graph of the node set
+    adjacency: torch.Tensor            # dense GKD graph Â of the node set
+    subset_knn: sp.csr_matrix | None   # cosine k-NN graph of the nodes ``subset`` (None: no subset)
+
+
+def cosine_graphs(features, *, k: int = 10, subset=None, device="cpu", name: str | None = None) -> CosineGraphs:
+    """The graphs of a layer from one Gram product: k-NN graph, GKD graph ``Â``, subset k-NN graph.
+
+    The same graphs as :func:`cosine_knn_graph` and :func:`gkd_adjacency` (up to float32
+    rounding of the similarities, which can swap neighbours tied to the last bit), for the
+    cost of one of them: the ``N x N`` cosine matrix is computed once (``N²·4`` bytes on
+    ``device``), ranked, and then turned into ``Â`` in place.
+
+    Parameters
+    ----------
+    features : array-like or torch.Tensor, shape (N, ...)
+    k : int
+        Neighbours of the k-NN graphs, ``1 <= k < N`` (and below the subset's size).
+    subset : array-like of int, optional
+        Positions of nodes whose own k-NN graph (their features alone) is wanted too.
+    device : str or torch.device
+    name : str, optional
+        The layer's name, used in error messages.
+
+    Examples
+    --------
+    >>> graphs = cosine_graphs(np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1]]), k=1, subset=[0, 2, 3])
+    >>> graphs.knn.nnz, tuple(graphs.adjacency.shape), graphs.subset_knn.shape
+    (4, (4, 4), (3, 3))
+    """
+    similarity = _cosine_matrix(features, device=device, name=name)
+    n = similarity.shape[0]
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k < n:
+        raise ValueError(f"{where(name)}expected an integer k with 1 <= k < N = {n}, got {k!r}")
+    knn = _clipped_knn(similarity, int(k))
+    subset_knn = None
+    if subset is not None:
+        chosen = torch.as_tensor(np.asarray(subset, dtype=np.int64), device=similarity.device)
+        if chosen.ndim != 1 or not 1 <= int(k) < chosen.numel() or int(chosen.min()) < 0 or int(chosen.max()) >= n:
+            raise ValueError(f"{where(name)}expected a subset of more than k = {k} positions in 0..{n - 1}, "
+                             f"got {chosen.numel()} positions")
+        subset_knn = _clipped_knn(similarity[chosen][:, chosen], int(k))
+    return CosineGraphs(knn=knn, adjacency=_gkd_normalize_(similarity, name), subset_knn=subset_knn)
+
+
+def _clipped_knn(similarity: torch.Tensor, k: int) -> sp.csr_matrix:
+    from geokd.graphs.dense_cosine import knn_from_similarity
+
+    knn = knn_from_similarity(similarity, k=k)
+    np.maximum(knn.data, 0, out=knn.data)  # as in cosine_knn_graph: a negative cosine is no affinity
+    knn.eliminate_zeros()
+    return knn

@@ -17,7 +17,7 @@ from torch import nn
 from geokd.analysis.collect import Activations, collect_activations
 from geokd.analysis.consistency import knn_vote, linear_probe_predictions, output_agreement
 from geokd.analysis.crossgraph import low_frequency_basis, signal_variation
-from geokd.analysis.layer_graph import cosine_knn_graph, gkd_adjacency
+from geokd.analysis.layer_graph import cosine_graphs, cosine_knn_graph, gkd_adjacency
 from geokd.analysis.smoothness import smoothness_metrics
 from geokd.analysis.spectral import aligned_distance, heat_trace_distance, lambda_distance, laplacian_spectrum
 from geokd.analysis.tables import make_row
@@ -75,24 +75,53 @@ class LayerGraphs:
     knn: object                     # scipy.sparse.csr_matrix, the cosine k-NN graph
     votes: np.ndarray               # leave-one-out k-NN vote of every node
     adjacency: torch.Tensor | None  # the dense GKD graph Â (None above DENSE_LIMIT nodes)
-    spectrum: np.ndarray | None     # normalized-Laplacian eigenvalues of the k-NN graph (idem)
+    spectrum: np.ndarray            # normalized-Laplacian eigenvalues of the k-NN graph (of the spectral subset)
 
 
-# Above this many nodes the dense N x N metrics (aligned and spectral distances, cross-graph
-# variation) are skipped: 10,000 nodes would need 400 MB per graph and an O(N^3) eigensolve.
-DENSE_LIMIT = 3000
+# Up to this many nodes the dense GKD graphs Â are built, from the same Gram product as the
+# k-NN graph, for the aligned distance: N² float32 each (400 MB at 10,000 nodes; the teacher's
+# are kept for every layer). Above, the aligned distance is skipped.
+DENSE_LIMIT = 20_000
+# Above this many nodes the spectra (exact, dense O(N³) eigensolves: 70 s each at 10,000 nodes
+# on 2 cores) are those of the k-NN graphs of a fixed class-balanced subset of the node set,
+# SPECTRUM_PER_CLASS nodes per class (the paper's 1,000-node set on CIFAR-10).
+EXACT_SPECTRUM_LIMIT = 3000
+SPECTRUM_PER_CLASS = 100
+
+
+def spectral_subset(node_labels: np.ndarray) -> np.ndarray | None:
+    """Positions in the node set of the nodes the spectra are taken on (``None``: all of them).
+
+    Examples
+    --------
+    >>> spectral_subset(np.repeat([0, 1], 100)) is None
+    True
+    >>> spectral_subset(np.repeat(np.arange(10), 400)).size
+    1000
+    """
+    if node_labels.size <= EXACT_SPECTRUM_LIMIT:
+        return None
+    from geokd.analysis.nodes import balanced_node_set
+
+    smallest = int(np.bincount(node_labels)[np.unique(node_labels)].min())
+    return balanced_node_set(node_labels, per_class=min(SPECTRUM_PER_CLASS, smallest), seed=0)
 
 
 def layer_graphs(features: np.ndarray, labels: np.ndarray, *, k: int, num_classes: int, device,
-                 name: str) -> LayerGraphs:
-    """Build everything the metrics of one layer need, once."""
-    knn = cosine_knn_graph(features, k=k, device=device, name=name)
-    dense = knn.shape[0] <= DENSE_LIMIT
+                 name: str, subset: np.ndarray | None = None) -> LayerGraphs:
+    """Build everything the metrics of one layer need, once (``subset``: see :func:`spectral_subset`)."""
+    if features.shape[0] <= DENSE_LIMIT:
+        graphs = cosine_graphs(features, k=k, subset=subset, device=device, name=name)
+        knn, adjacency, subset_knn = graphs.knn, graphs.adjacency, graphs.subset_knn
+    else:
+        knn, adjacency = cosine_knn_graph(features, k=k, device=device, name=name), None
+        subset_knn = None if subset is None else cosine_knn_graph(features[subset], k=k, device=device, name=name)
+    spectral_knn = knn if subset is None else subset_knn
     return LayerGraphs(
         knn=knn,
         votes=knn_vote(knn, labels, num_classes=num_classes, name=name),
-        adjacency=gkd_adjacency(features, device=device, name=name) if dense else None,
-        spectrum=laplacian_spectrum(knn, name=name) if dense else None,
+        adjacency=adjacency,
+        spectrum=laplacian_spectrum(spectral_knn, name=name),
     )
 
 
@@ -178,19 +207,19 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
     keep_heatmaps(teacher, t_acts)
     rows = [make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer="output",
                      metric="test_error", value=100.0 * (t_acts.predictions != labels).mean(), **extra)]
+    subset = spectral_subset(node_labels)
+    spectral_extra = extra if subset is None else {**extra, "node_set": f"{node_set}/spectral-{subset.size}nodes"}
     teacher_layers: dict[str, tuple[LayerGraphs, np.ndarray, np.ndarray]] = {}
     for layer in layers:
         graphs = layer_graphs(t_acts.features[layer], node_labels, k=k, num_classes=num_classes,
-                              device=device, name=f"{teacher.name} {layer}")
-        eigenvalues, basis = (low_frequency_basis(graphs.knn, num_eigenvectors=num_eigenvectors, name=layer)
-                              if graphs.spectrum is not None else (None, None))
+                              device=device, name=f"{teacher.name} {layer}", subset=subset)
+        eigenvalues, basis = low_frequency_basis(graphs.knn, num_eigenvectors=num_eigenvectors, name=layer)
         probe = (linear_probe_predictions(t_acts.features[layer], node_labels, name=layer)
                  if linear_probe else None)
         teacher_layers[layer] = (graphs, basis, probe)
         rows += _network_layer_rows(teacher, layer, graphs, node_labels, t_final, extra)
-        if eigenvalues is not None:
-            rows.append(make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer=layer,
-                                 metric="cross_graph_variation", value=eigenvalues.mean(), **extra))
+        rows.append(make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer=layer,
+                             metric="cross_graph_variation", value=eigenvalues.mean(), **extra))
         if probe is not None:
             rows.append(make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer=layer,
                                  metric="probe_accuracy", value=(probe == node_labels).mean(), **extra))
@@ -204,7 +233,8 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
         methods_shown.add(student.method)
         rows += _student_rows(student, images, labels, layers, teacher_layers, t_all, nodes,
                               collect_kw=collect_kw, k=k, num_classes=num_classes,
-                              linear_probe=linear_probe, extra=extra,
+                              linear_probe=linear_probe, extra=extra, spectral_extra=spectral_extra,
+                              subset=subset,
                               on_activations=keep_heatmaps if show else None)
         if on_network:
             on_network(student, rows)
@@ -212,7 +242,8 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
 
 
 def _student_rows(student, images, labels, layers, teacher_layers, teacher_all, nodes, *,
-                  collect_kw, k, num_classes, linear_probe, extra, on_activations=None):
+                  collect_kw, k, num_classes, linear_probe, extra, spectral_extra, subset,
+                  on_activations=None):
     node_labels = labels[nodes]
     t_final = teacher_all[nodes]
     model = student.load(collect_kw["device"])
@@ -221,9 +252,9 @@ def _student_rows(student, images, labels, layers, teacher_layers, teacher_all, 
     if on_activations:
         on_activations(student, acts)
 
-    def row(layer, metric, value):
+    def row(layer, metric, value, columns=extra):
         return make_row(network=student.name, method=student.method, seed=student.seed, layer=layer,
-                        metric=metric, value=value, **extra)
+                        metric=metric, value=value, **columns)
 
     rows = [row("output", "test_error", 100.0 * (acts.predictions != labels).mean())]
     for metric, value in output_agreement(acts.predictions, teacher_all, labels, name=student.name).items():
@@ -233,16 +264,17 @@ def _student_rows(student, images, labels, layers, teacher_layers, teacher_all, 
         t_graphs, t_basis, t_probe = teacher_layers[layer]
         name = f"{student.name} {layer}"
         graphs = layer_graphs(acts.features[layer], node_labels, k=k, num_classes=num_classes,
-                              device=collect_kw["device"], name=name)
+                              device=collect_kw["device"], name=name, subset=subset)
         rows += _network_layer_rows(student, layer, graphs, node_labels, acts.node_predictions, extra)
         rows.append(row(layer, "knn_agreement_teacher_block", (graphs.votes == t_graphs.votes).mean()))
         rows.append(row(layer, "knn_agreement_teacher_output", (graphs.votes == t_final).mean()))
-        if graphs.spectrum is not None:
+        if graphs.adjacency is not None:
             rows.append(row(layer, "aligned_distance", aligned_distance(t_graphs.adjacency, graphs.adjacency, name=name)))
-            rows.append(row(layer, "lambda_distance", lambda_distance(t_graphs.spectrum, graphs.spectrum, name=name)))
-            rows.append(row(layer, "heat_trace_distance",
-                            heat_trace_distance(t_graphs.spectrum, graphs.spectrum, name=name)))
-            rows.append(row(layer, "cross_graph_variation", signal_variation(t_basis, graphs.knn, name=name).mean()))
+        rows.append(row(layer, "lambda_distance", lambda_distance(t_graphs.spectrum, graphs.spectrum, name=name),
+                        spectral_extra))
+        rows.append(row(layer, "heat_trace_distance",
+                        heat_trace_distance(t_graphs.spectrum, graphs.spectrum, name=name), spectral_extra))
+        rows.append(row(layer, "cross_graph_variation", signal_variation(t_basis, graphs.knn, name=name).mean()))
         if linear_probe:
             probe = linear_probe_predictions(acts.features[layer], node_labels, name=name)
             rows.append(row(layer, "probe_accuracy", (probe == node_labels).mean()))
