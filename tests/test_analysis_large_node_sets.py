@@ -146,3 +146,17 @@ def test_collect_activations_restores_the_models_memory_format():
     net = small_cnn(0)
     collect_activations(net, digits.images[:20], node_indices=[0, 1, 2], mean=digits.mean, std=digits.std)
     assert all(p.is_contiguous() for p in net.parameters())
+
+
+def test_shipped_analysis_configs_name_the_released_networks():
+    import os
+
+    from geokd.analysis.sources import expand_paths
+    from geokd.analysis.study import load_study
+
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "analysis")
+    for name, per_class in (("released_checkpoints.toml", 100), ("released_full_test.toml", 0)):
+        study = load_study(os.path.join(root, name))
+        assert os.path.isfile(study.teacher), study.teacher
+        assert len(expand_paths(study.students)) == 20
+        assert (study.per_class, study.layers) == (per_class, ["layer1", "layer2", "pool"])

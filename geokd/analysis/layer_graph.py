@@ -7,6 +7,9 @@ Two graphs per layer and node set:
 - the GKD graph ``Â = D^-1/2 A D^-1/2`` of the full cosine similarity with a zero
   diagonal (the graph the GKD loss compares), for the aligned distance.
 
+:func:`cosine_graphs` builds both from one Gram product (what the analysis uses while the
+``N x N`` matrix fits in memory); :func:`cosine_knn_graph` alone never forms it.
+
 Negative cosines: the k-NN graph keeps the k most similar neighbours, and any negative
 weight among them is clipped to 0 (a negative cosine is not an affinity; keeping it would
 make the Laplacian indefinite and the smoothness meaningless). Post-ReLU and pooled
