@@ -146,6 +146,11 @@ def test_collect_activations_restores_the_models_memory_format():
     net = small_cnn(0)
     collect_activations(net, digits.images[:20], node_indices=[0, 1, 2], mean=digits.mean, std=digits.std)
     assert all(p.is_contiguous() for p in net.parameters())
+    # A model kept channels-last by its owner stays so.
+    net.to(memory_format=torch.channels_last)
+    collect_activations(net, digits.images[:20], node_indices=[0, 1, 2], mean=digits.mean, std=digits.std)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in net.parameters() if p.dim() == 4)
+    assert any(not p.is_contiguous() for p in net.parameters() if p.dim() == 4)
 
 
 def test_shipped_analysis_configs_name_the_released_networks():
