@@ -146,6 +146,12 @@ def test_bad_input():
     bad[0, 0] = float("inf")
     with pytest.raises(ValueError, match=r"layer 1 \(teacher\): expected finite"):
         rkd_distance_loss(s, [t[0], bad])
+    # The fast pass skips the finiteness check: a NaN must still be caught and placed.
+    nan_student = s[0].clone()
+    nan_student[2, 1] = float("nan")
+    for include_diagonal in (False, True):
+        with pytest.raises(ValueError, match=r"layer 0 \(student\): expected finite"):
+            rkd_distance_loss([nan_student, s[1]], t, include_diagonal=include_diagonal)
     with pytest.raises(ValueError, match="at least 2 inputs, got 1"):
         rkd_angle_loss([s[0][:1]], [t[0][:1]])
     with pytest.raises(ValueError, match="distance_weight"):

@@ -122,12 +122,19 @@ def normalized_distances(flat: torch.Tensor) -> torch.Tensor:
             [0.5000, 0.0000, 1.0000],
             [1.5000, 1.0000, 0.0000]])
     """
+    return _normalized_distances(flat)[0]
+
+
+def _normalized_distances(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(normalized distances, squared row norms used)``; a NaN/Inf row makes the norms
+    non-finite while the distances stay finite (the safe square root maps NaN to 0), so
+    callers that skipped the finiteness check look at the norms."""
     with full_precision(flat):
         g, _ = _gram_in_range(working(flat), per_row=False)
         dist = _distances_from_gram(g)
         mu = mean_offdiagonal(dist)
         safe_mu = torch.where(mu > 0, mu, torch.ones_like(mu))
-        return torch.where(mu > 0, dist / safe_mu, torch.zeros_like(dist))
+        return torch.where(mu > 0, dist / safe_mu, torch.zeros_like(dist)), torch.diagonal(g)
 
 
 def mean_offdiagonal(a: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from torch import nn
 
 from geokd.graphs._validation import as_layer_list, check_activations, check_layer_pair, check_pair_batch
 from geokd.graphs._numerics import full_precision, pow2_scale, working
-from geokd.graphs.kernels import normalized_distances
+from geokd.graphs.kernels import _normalized_distances
 from geokd.losses.registry import register_loss
 from geokd.models.outputs import ModelOutputs
 
@@ -48,14 +48,14 @@ def _angles(flat: torch.Tensor) -> torch.Tensor:
         return torch.bmm(unit, unit.transpose(1, 2))
 
 
-def _layer_pairs(student_feats, teacher_feats):
+def _layer_pairs(student_feats, teacher_feats, *, finite: bool = True):
     student = as_layer_list(student_feats, role="student")
     teacher = as_layer_list(teacher_feats, role="teacher")
     check_layer_pair(student, teacher)
     for index, (s, t) in enumerate(zip(student, teacher)):
         where = f"layer {index}"
-        s_flat = check_activations(s, where=f"{where} (student)")
-        t_flat = check_activations(t, where=f"{where} (teacher)")
+        s_flat = check_activations(s, where=f"{where} (student)", finite=finite)
+        t_flat = check_activations(t, where=f"{where} (teacher)", finite=finite)
         check_pair_batch(s_flat, t_flat, where=where)
         yield s_flat, t_flat.detach()
 
@@ -85,17 +85,34 @@ def rkd_distance_loss(student_feats: Sequence[torch.Tensor] | torch.Tensor,
     """
     if not isinstance(include_diagonal, bool):
         raise ValueError(f"expected include_diagonal to be a bool, got {include_diagonal!r}")
-    terms = []
-    for s_flat, t_flat in _layer_pairs(student_feats, teacher_feats):
+    # A first pass without the finiteness pass over the activations (on a training step it
+    # cost a third of the term): a NaN/Inf input makes the loss non-finite, and the checked
+    # pass then says which layer.
+    loss, finite_inputs = _distance_loss(student_feats, teacher_feats, include_diagonal=include_diagonal,
+                                         finite=False)
+    if not bool(finite_inputs & torch.isfinite(loss)):
+        loss, _ = _distance_loss(student_feats, teacher_feats, include_diagonal=include_diagonal, finite=True)
+    return loss
+
+
+def _distance_loss(student_feats, teacher_feats, *, include_diagonal: bool, finite: bool):
+    """``(loss, whether every squared row norm was finite)`` (a tensor: no device sync here).
+
+    The distances themselves hide a NaN input (the safe square root maps it to 0), the
+    squared norms do not."""
+    terms, norms_finite = [], []
+    for s_flat, t_flat in _layer_pairs(student_feats, teacher_feats, finite=finite):
         with torch.no_grad():
-            psi_t = normalized_distances(t_flat)
-        psi_s = normalized_distances(s_flat)
-        if include_diagonal:
-            terms.append(F.smooth_l1_loss(psi_s, psi_t, beta=1.0))
-        else:
-            off = ~torch.eye(s_flat.shape[0], dtype=torch.bool, device=s_flat.device)
-            terms.append(F.smooth_l1_loss(psi_s[off], psi_t[off], beta=1.0))
-    return torch.stack(terms).mean()
+            psi_t, t_sq = _normalized_distances(t_flat)
+        psi_s, s_sq = _normalized_distances(s_flat)
+        norms_finite.append(torch.isfinite(t_sq.sum() + s_sq.detach().sum()))
+        b = s_flat.shape[0]
+        # Both diagonals are exactly 0 (a point's distance to itself), so their Huber terms
+        # are 0: the off-diagonal mean is the full sum over B(B-1), without the boolean
+        # selection (a nonzero pass, a gather and its scatter in the backward).
+        total = F.smooth_l1_loss(psi_s, psi_t, beta=1.0, reduction="sum")
+        terms.append(total / (b * b if include_diagonal else b * (b - 1)))
+    return torch.stack(terms).mean(), torch.stack(norms_finite).all()
 
 
 def rkd_angle_loss(student_feats: Sequence[torch.Tensor] | torch.Tensor,
