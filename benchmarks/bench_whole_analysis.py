@@ -104,10 +104,10 @@ def main(argv=None) -> dict:
     dims = {}
     for role, path in (("teacher", teacher_path), ("student", student_paths[0])):
         model = load_any(path, device="cpu")
-        seconds = _timed(lambda: forward.setdefault(role + "_acts", collect_activations(
-            model, data.images, node_indices=nodes[:2], mean=MEAN, std=STD, progress=False)))
-        forward[role] = seconds
-        dims[role] = [v.shape[1] for v in forward.pop(role + "_acts").features.values()]
+        began = time.perf_counter()
+        acts = collect_activations(model, data.images, node_indices=nodes[:2], mean=MEAN, std=STD, progress=False)
+        forward[role] = time.perf_counter() - began
+        dims[role] = [v.shape[1] for v in acts.features.values()]
     peak = matmul_peak_gflops()
     n = nodes.size
     gram = {role: sum(n * n * d for d in dims[role]) / (peak * 1e9) for role in dims}  # N²·d/2 MACs = N²·d flops

@@ -33,6 +33,7 @@ from geokd.analysis.spectral import (
     lambda_distance,
     laplacian_spectrum,
     normalized_laplacian,
+    sparse_normalized_laplacian,
     spectral_distances,
 )
 from geokd.analysis.tables import make_row, read_table, write_table
@@ -42,6 +43,6 @@ __all__ = [
     "block_consistency", "collect_activations", "cosine_knn_graph", "cross_graph_variation", "gkd_adjacency",
     "heat_trace", "heat_trace_distance", "knn_vote", "label_smoothness", "lambda_distance", "laplacian_spectrum",
     "linear_probe_predictions", "low_frequency_basis", "make_row", "normalized_laplacian", "output_agreement",
-    "read_table", "signal_variation", "smoothness_from_graph", "smoothness_metrics", "spectral_distances",
-    "whole_set", "write_table",
+    "read_table", "signal_variation", "smoothness_from_graph", "smoothness_metrics", "sparse_normalized_laplacian",
+    "spectral_distances", "whole_set", "write_table",
 ]

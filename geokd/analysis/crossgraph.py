@@ -15,22 +15,13 @@ import scipy.sparse as sp
 import scipy.sparse.csgraph
 import scipy.sparse.linalg
 
-from geokd.analysis._validate import as_weight_matrix, where
+from geokd.analysis._validate import where
+from geokd.analysis.spectral import sparse_normalized_laplacian
 
 
 #: Above this many nodes the eigenvectors come from sparse Lanczos (ARPACK) instead of a dense
 #: eigensolve (``O(N^3)``: about 70 s at 10,000 nodes on 2 cores, against about a second).
 DENSE_EIGEN_LIMIT = 3000
-
-
-def _sparse_laplacian(w, name: str | None) -> sp.csr_matrix:
-    csr = as_weight_matrix(w, name=name)
-    degrees = np.asarray(csr.sum(axis=1)).ravel()
-    inv_sqrt = np.zeros_like(degrees)
-    np.power(degrees, -0.5, where=degrees > 0, out=inv_sqrt)
-    scale = sp.diags(inv_sqrt)
-    # I - D^-1/2 W D^-1/2 on the nodes with edges; an isolated node's row is zero (as in PyGSP).
-    return (sp.diags((degrees > 0).astype(np.float64)) - scale @ csr @ scale).tocsr()
 
 
 def low_frequency_basis(w, *, num_eigenvectors: int = 10, method: str = "auto", name: str | None = None):
@@ -58,7 +49,7 @@ def low_frequency_basis(w, *, num_eigenvectors: int = 10, method: str = "auto", 
     """
     if method not in ("auto", "dense", "sparse"):
         raise ValueError(f"{where(name)}expected method 'auto', 'dense' or 'sparse', got {method!r}")
-    laplacian = _sparse_laplacian(w, name)
+    laplacian = sparse_normalized_laplacian(w, name=name)
     n = laplacian.shape[0]
     if not isinstance(num_eigenvectors, (int, np.integer)) or not 1 <= num_eigenvectors <= n:
         raise ValueError(f"{where(name)}expected 1 <= num_eigenvectors <= N = {n}, got {num_eigenvectors!r}")
@@ -109,7 +100,7 @@ def signal_variation(signals, w, *, name: str | None = None) -> np.ndarray:
     >>> signal_variation(np.array([[1.0], [-1.0]]) / np.sqrt(2), w)
     array([2.])
     """
-    laplacian = _sparse_laplacian(w, name)
+    laplacian = sparse_normalized_laplacian(w, name=name)
     u = np.asarray(signals, dtype=np.float64)
     if u.ndim != 2 or u.shape[0] != laplacian.shape[0]:
         raise ValueError(

@@ -27,6 +27,11 @@ import torch
 from geokd.analysis._validate import as_features, where
 
 
+def _check_k(k, n: int, name: str | None) -> None:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k < n:
+        raise ValueError(f"{where(name)}expected an integer k with 1 <= k < N = {n}, got {k!r}")
+
+
 def _check_nonzero_rows(x: np.ndarray, name: str | None) -> None:
     norms = np.linalg.norm(x, axis=1)
     zero = np.flatnonzero(norms == 0)
@@ -62,8 +67,7 @@ def cosine_knn_graph(features, *, k: int = 10, device="cpu", name: str | None = 
     from geokd.graphs import knn_graph
 
     x = as_features(features, name=name)
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k < x.shape[0]:
-        raise ValueError(f"{where(name)}expected an integer k with 1 <= k < N = {x.shape[0]}, got {k!r}")
+    _check_k(k, x.shape[0], name)
     _check_nonzero_rows(x, name)
     w = knn_graph(torch.from_numpy(x), k=int(k), kernel="cosine", device=device)
     w = sp.csr_matrix(w, dtype=np.float64)
@@ -150,8 +154,7 @@ def cosine_graphs(features, *, k: int = 10, subset=None, device="cpu", name: str
     """
     similarity = _cosine_matrix(features, device=device, name=name)
     n = similarity.shape[0]
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k < n:
-        raise ValueError(f"{where(name)}expected an integer k with 1 <= k < N = {n}, got {k!r}")
+    _check_k(k, n, name)
     knn = _clipped_knn(similarity, int(k))
     subset_knn = None
     if subset is not None:

@@ -12,11 +12,29 @@ import math
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse as sp
 import torch
 
 from geokd.analysis._validate import as_weight_matrix, where
 
 DEFAULT_HEAT_TIMES = np.logspace(-2, 2, 250)
+
+
+def sparse_normalized_laplacian(w, *, name: str | None = None) -> sp.csr_matrix:
+    """Sparse float64 ``L_sym = I - D^-1/2 W D^-1/2``; an isolated node's row is zero (as in PyGSP).
+
+    Examples
+    --------
+    >>> sparse_normalized_laplacian(np.array([[0.0, 2.0], [2.0, 0.0]])).toarray()
+    array([[ 1., -1.],
+           [-1.,  1.]])
+    """
+    csr = as_weight_matrix(w, name=name)
+    degrees = np.asarray(csr.sum(axis=1)).ravel()
+    inv_sqrt = np.zeros_like(degrees)
+    np.power(degrees, -0.5, where=degrees > 0, out=inv_sqrt)
+    scale = sp.diags(inv_sqrt)
+    return (sp.diags((degrees > 0).astype(np.float64)) - scale @ csr @ scale).tocsr()
 
 
 def normalized_laplacian(w, *, name: str | None = None) -> np.ndarray:
@@ -28,12 +46,7 @@ def normalized_laplacian(w, *, name: str | None = None) -> np.ndarray:
     array([[ 1., -1.],
            [-1.,  1.]])
     """
-    csr = as_weight_matrix(w, name=name)
-    dense = csr.toarray()
-    degrees = dense.sum(axis=1)
-    inv_sqrt = np.zeros_like(degrees)
-    np.power(degrees, -0.5, where=degrees > 0, out=inv_sqrt)
-    return np.diag((degrees > 0).astype(np.float64)) - inv_sqrt[:, None] * dense * inv_sqrt[None, :]
+    return sparse_normalized_laplacian(w, name=name).toarray()
 
 
 def laplacian_spectrum(w, *, name: str | None = None) -> np.ndarray:
