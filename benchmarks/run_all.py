@@ -84,7 +84,7 @@ def summarize(quick: bool) -> list[dict]:
                          f"{best['ratio_vs_plain']:.2f}x", ">= 1.3x", best["ratio_vs_plain"] >= 1.3))
     knn = _load("bench_knn_scaling", quick)
     if knn:
-        ex, sk, ap = knn["main"]
+        ex, sk, ap = knn["main"][:3]
         n = knn["n"]
         rows.append(_row(f"T4 k-NN exact N={n} d={knn['d']} memory", f"{ex['peak_rss_mb']:.0f} MB RSS "
                          f"(+{ex['peak_rss_delta_mb']:.0f})", f"sklearn +{sk['peak_rss_delta_mb']:.0f} MB", "",

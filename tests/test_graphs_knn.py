@@ -12,6 +12,7 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from geokd.graphs import degrees, knn_graph, laplacian, to_networkx, to_pygsp
+from geokd.graphs.dataset_knn import search_dtype
 
 
 def structured(n, d, *, seed=0, clusters=20, latent=16):
@@ -116,6 +117,30 @@ def test_approximate_edges_carry_exact_cosines():
     np.testing.assert_allclose(np.asarray(w[r, c]).ravel(), np.sum(xn[r] * xn[c], axis=1), atol=1e-5)
     # each row keeps at least its k best among what it saw: never fewer than k edges
     assert (np.diff(w.indptr) >= 8).all()
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_search_precision_moves_candidates_never_weights(precision):
+    # bfloat16 only chooses the candidates: the recall stays, every weight is the float64 cosine.
+    x = structured(1500, 512, seed=7)
+    exact = knn_graph(x, k=10)
+    w = knn_graph(x, k=10, approximate=True, search_precision=precision)
+    assert len(edges(exact) & edges(w)) / len(edges(exact)) >= 0.99
+    xn = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    r, c = w.nonzero()
+    np.testing.assert_allclose(np.asarray(w[r, c]).ravel(), np.sum(xn[r] * xn[c], axis=1), atol=1e-5)
+    assert abs(w - w.T).max() == 0 and not w.diagonal().any()
+
+
+def test_search_precision_auto_is_the_resolved_explicit_one():
+    x = structured(900, 512, seed=11)
+    explicit = "bfloat16" if search_dtype("auto", "cpu") == torch.bfloat16 else "float32"
+    auto = knn_graph(x, k=8, approximate=True, seed=2)
+    assert (auto != knn_graph(x, k=8, approximate=True, seed=2, search_precision=explicit)).nnz == 0
+    # The option really changes the search: with no spare candidates (candidates = k) the
+    # edges are the search's own choice, and bfloat16 scores choose some differently.
+    lean = dict(k=8, approximate=True, seed=2, candidates=8, projection_dim=64)
+    assert (knn_graph(x, search_precision="float32", **lean) != knn_graph(x, search_precision="bfloat16", **lean)).nnz > 0
 
 
 def test_approximate_recall_on_cluster_structure_across_seeds():
@@ -319,6 +344,8 @@ def test_bad_input():
         knn_graph([[1.0, 2.0]], k=1)
     with pytest.raises(ValueError, match="kernel"):
         knn_graph(x, k=3, kernel="dot")
+    with pytest.raises(ValueError, match=r"search_precision in \('auto', 'float32', 'bfloat16'\), got 'half'"):
+        knn_graph(x, k=3, approximate=True, search_precision="half")
     with pytest.raises(ValueError, match="approximate mode supports kernel='cosine'"):
         knn_graph(x, k=3, kernel="gaussian", approximate=True)
     with pytest.raises(ValueError, match="chunk_size"):
