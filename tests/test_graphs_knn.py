@@ -143,6 +143,33 @@ def test_search_precision_auto_is_the_resolved_explicit_one():
     assert (knn_graph(x, search_precision="float32", **lean) != knn_graph(x, search_precision="bfloat16", **lean)).nnz > 0
 
 
+def test_bfloat16_search_scores_are_shifted_before_rounding():
+    # Rows like projected activations: a dominant common direction, cosines near 0.9.
+    from geokd.graphs.dataset_knn import _search_coordinates
+
+    rng = np.random.default_rng(4)
+    z = np.abs(rng.standard_normal(64)) + 0.35 * rng.standard_normal((400, 64))
+    z = (0.93 * z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
+    zt = torch.from_numpy(z)
+    left, right = _search_coordinates(zt, torch.bfloat16)
+    assert left.dtype == right.dtype == torch.bfloat16
+    z64 = z.astype(np.float64)
+    # what ranks row i's candidates: <z_i, z_j> up to a constant per row, here -|z_i|^2
+    target = z64 @ z64.T - (z64 * z64).sum(axis=1, keepdims=True)
+    shifted = (left @ right.T).double().numpy()
+    plain = (zt.bfloat16() @ zt.bfloat16().T).double().numpy() - (z64 * z64).sum(axis=1, keepdims=True)
+
+    def rank_error(scores):  # a constant per row (the rounded shift) changes no ranking
+        err = scores - target
+        return np.abs(err - np.median(err, axis=1, keepdims=True)).max()
+
+    assert rank_error(shifted) < 8e-4  # the rounding of scores within ~0.13 of 0
+    assert rank_error(plain) > 3 * rank_error(shifted)
+    # float32 asks for no change
+    same_left, same_right = _search_coordinates(zt, torch.float32)
+    assert same_left is zt and same_right is zt
+
+
 def test_approximate_recall_on_cluster_structure_across_seeds():
     # 40 tight clusters of 50 in 1024 dimensions, plus low-rank structure inside them:
     # the kind of data the principal projection is meant for.
