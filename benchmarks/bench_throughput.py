@@ -42,7 +42,7 @@ from PIL import Image
 from benchmarks._common import format_table, write_json
 from benchmarks.bench_matmul_peak import measure_matmul_peak
 from geokd.data import load_dataset
-from geokd.graphs.dataset_knn import _has_native_bfloat16
+from geokd.graphs.dataset_knn import search_dtype
 from geokd.train import DataConfig, ModelConfig, RunConfig, ScheduleConfig, TrainConfig, build_parts, fit
 from geokd.train.distributed import DistributedContext
 
@@ -64,7 +64,8 @@ class PILImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images_hwc[i])), int(self.labels[i])
 
 
-def config_for(*, depth: int, fraction: float, epochs: int, channels_last: bool, amp: str | None = None) -> TrainConfig:
+def config_for(*, depth: int, fraction: float, epochs: int, channels_last: bool,
+               amp: str | None = None) -> TrainConfig:
     return TrainConfig(
         model=ModelConfig(name="wrn", params={"depth": depth, "widen_factor": 0.5}),
         data=DataConfig(name="cifar10", batch_size=BATCH, fraction=fraction, augment=True),
@@ -162,7 +163,8 @@ def main(argv=None) -> dict:
         torch.manual_seed(0)
         cfg = config_for(depth=depth, fraction=fraction, epochs=epochs, channels_last=channels_last, amp=amp)
         seconds, n_images, model = geokd_epochs(cfg, device=device)
-        initial = initial or model
+        if initial is None:
+            initial = model
         return seconds, n_images
 
     def run_plain():
@@ -170,7 +172,7 @@ def main(argv=None) -> dict:
 
     systems = {"geokd fit (default config)": lambda: run_geokd(False),
                "geokd fit (channels_last)": lambda: run_geokd(True), baseline_name: run_plain}
-    if args.bf16 != "off" and (args.bf16 == "on" or _has_native_bfloat16(device)):
+    if args.bf16 == "on" or (args.bf16 == "auto" and search_dtype("auto", device) == torch.bfloat16):
         # Context, not the target: other numerics than the float32 baseline.
         systems[AMP_NAME] = lambda: run_geokd(False, "bf16")
     # Whole rounds of every system, the order reversed every other round: this VM's speed
