@@ -5,7 +5,7 @@ The step measured is the trainer's own (:class:`geokd.train.loop._Stepper`, the 
 from a :class:`TrainConfig`: the paper's setting, CIFAR-10 batches of 128 from geokd's
 ``BatchLoader`` (crop + flip), student WRN-28-0.5 trained by SGD (lr 0.1, momentum 0.9,
 wd 5e-4), the released WRN-28-1 teacher (``/work/shared/graph_kd``) read at the 3 sensing
-points ``layer1, layer2, pool``.
+points ``layer1, layer2, pool``, in the trainer's default layout (channels-last on a CPU).
 
 Cases, all on the same batches:
 
@@ -83,6 +83,8 @@ class Case:
 def _stepper_for(parts: TrainingParts, config: TrainConfig, terms, *, device: torch.device):
     """A fresh student copy with its own optimizer, stepped by the trainer's ``_Stepper``."""
     student = copy.deepcopy(parts.student)
+    if config.run.channels_last:  # as fit() lays the student out (build_parts resolved the default)
+        student.to(memory_format=torch.channels_last)
     student.train()
     for term in terms:
         term.module.train()
@@ -223,6 +225,8 @@ def main(argv=None) -> dict:
     parts.teacher.requires_grad_(False)
     batches = []
     for x, y in parts.train_batches:
+        if config.run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         batches.append((x, y))
         if len(batches) == 4:
             break

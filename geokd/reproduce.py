@@ -63,7 +63,7 @@ class PlannedRun:
 
 #: Config entries that say where and how fast a run went, not what it computed: a run
 #: whose config differs from the study only in these is still the study's run.
-_LOCAL_KEYS = {("teacher",), ("data", "root"), ("data", "download"), ("run", "threads")}
+_LOCAL_KEYS = {("teacher",), ("data", "root"), ("data", "download"), ("run", "threads"), ("run", "channels_last")}
 
 
 def _comparable(table: dict, prefix: tuple = ()) -> dict:

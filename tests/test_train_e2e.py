@@ -110,3 +110,19 @@ def test_cli_train_with_overrides_prints_plain_epoch_lines_and_resumes(teacher_d
     assert main(args + ["--resume", "--set", "schedule.epochs=2"]) == 0
     assert [m["epoch"] for m in run.read_metrics()] == [1, 2]
     assert run.read_meta()["resumed_at_epoch"] == [1]
+
+
+def test_channels_last_is_the_cpu_default_and_changes_only_rounding(teacher_dir, tmp_path):
+    """WRN-10-0.5's 8-channel stage trains through geokd's channels-last batch norm; the
+    run records the layout it used; channels-first gives the same run up to rounding."""
+    terms = [{"loss": "gkd", "weight": 25.0}]
+    default = train(student(teacher_dir, terms), run_dir=tmp_path / "default", progress=False)
+    first = train(student(teacher_dir, terms, run={"threads": 1, "channels_last": False}),
+                  run_dir=tmp_path / "first", progress=False)
+    saved = {name: json.loads(RunDir(tmp_path / name).config_path.read_text())["run"]["channels_last"]
+             for name in ("default", "first")}
+    assert saved == {"default": True, "first": False}
+    assert default.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(default.metrics, first.metrics):
+        assert a["train_cross_entropy"] == pytest.approx(b["train_cross_entropy"], rel=1e-3)
+        assert a["train_terms"]["gkd"] == pytest.approx(b["train_terms"]["gkd"], rel=1e-3)

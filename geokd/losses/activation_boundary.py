@@ -47,6 +47,7 @@ from geokd.losses._util import (
     select_features,
 )
 from geokd.losses.registry import register_loss
+from geokd.models.batchnorm import BatchNorm2d
 
 
 def boundary_hinge(student_response: torch.Tensor, teacher_response: torch.Tensor, *, margin: float = 1.0):
@@ -78,7 +79,7 @@ def connector(student_channels: int, teacher_channels: int) -> nn.Sequential:
     """The AB connector: ``1×1`` convolution (no bias, He-normal init) then batch norm."""
     conv = nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False)
     nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(2.0 / teacher_channels))
-    bn = nn.BatchNorm2d(teacher_channels)
+    bn = BatchNorm2d(teacher_channels)
     return nn.Sequential(conv, bn)
 
 

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geokd.models.batchnorm import BatchNorm2d
+
 __all__ = [
     "ExitOutputs",
     "SelfDistillationNetwork",
@@ -83,17 +85,17 @@ class _BottleneckBlock(nn.Module):
         mid = max(1, out_channels // 4)
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, mid, 1, bias=False),
-            nn.BatchNorm2d(mid),
+            BatchNorm2d(mid),
             nn.ReLU(inplace=True),
             nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(mid),
+            BatchNorm2d(mid),
             nn.ReLU(inplace=True),
             nn.Conv2d(mid, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            BatchNorm2d(out_channels),
         )
         self.shortcut = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-            nn.BatchNorm2d(out_channels),
+            BatchNorm2d(out_channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from geokd.models._common import GlobalAvgPool, check_positive_int
+from geokd.models.batchnorm import BatchNorm2d
 
 
 class BasicBlock(nn.Module):
@@ -18,15 +19,15 @@ class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, *, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = BatchNorm2d(planes)
         self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = BatchNorm2d(planes)
         self.relu2 = nn.ReLU()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes),
+                BatchNorm2d(planes),
             )
         else:
             self.shortcut = nn.Sequential()
@@ -84,7 +85,7 @@ class CifarResNet(nn.Module):
         blocks_per_stage = (depth - 2) // 6
         widths = (16 * width, 32 * width, 64 * width)
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.bn1 = BatchNorm2d(widths[0])
         self.relu = nn.ReLU()
         in_planes = widths[0]
         stages = []

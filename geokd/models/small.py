@@ -11,6 +11,7 @@ from collections import OrderedDict
 from torch import Tensor, nn
 
 from geokd.models._common import GlobalAvgPool, check_positive_int
+from geokd.models.batchnorm import BatchNorm2d
 
 
 class MLP(nn.Module):
@@ -138,7 +139,7 @@ class SmallCNN(nn.Module):
             stage = nn.Sequential(
                 OrderedDict(
                     conv=nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False),
-                    bn=nn.BatchNorm2d(width),
+                    bn=BatchNorm2d(width),
                     relu=nn.ReLU(),
                 )
             )

@@ -16,6 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from geokd.models._common import GlobalAvgPool, check_positive_int
+from geokd.models.batchnorm import BatchNorm2d
 
 
 class WideBasicBlock(nn.Module):
@@ -24,15 +25,15 @@ class WideBasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, *, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = BatchNorm2d(planes)
         self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = BatchNorm2d(planes)
         self.relu2 = nn.ReLU()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes),
+                BatchNorm2d(planes),
             )
         else:
             # An empty Sequential is the identity and adds no parameters, as in the release.
@@ -96,7 +97,7 @@ class WideResNet(nn.Module):
         blocks_per_stage = (depth - 4) // 6
         widths = (int(16 * widen_factor), int(32 * widen_factor), int(64 * widen_factor))
         self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(16)
+        self.bn = BatchNorm2d(16)
         self.relu = nn.ReLU()
         in_planes = 16
         stages = []

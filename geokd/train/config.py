@@ -49,6 +49,7 @@ __all__ = [
     "validate_config",
     "apply_overrides",
     "parse_override",
+    "resolve_channels_last",
 ]
 
 
@@ -114,7 +115,9 @@ class RunConfig:
 
     seed: int = 0
     amp: str | None = None  # None, "bf16" or "fp16" (CUDA only)
-    channels_last: bool = False
+    # None: channels-last on a CPU, where every model here trained faster in it (WRN-28-0.5
+    # 1.5x with geokd's BatchNorm2d, WRN-28-1 and ResNet-20 1.25x), channels-first elsewhere.
+    channels_last: bool | None = None
     skip_nonfinite_steps: bool = False
     tensorboard: bool = False
     global_batch_graph: bool = False  # DDP: one graph over the all-gathered global batch
@@ -312,6 +315,21 @@ def apply_overrides(config: TrainConfig, assignments: typing.Sequence[str]) -> T
 
 _AMP_MODES = (None, "bf16", "fp16")
 _OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def resolve_channels_last(run: RunConfig, device) -> bool:
+    """``run.channels_last``, its default (``None``) resolved for ``device``.
+
+    Examples
+    --------
+    >>> resolve_channels_last(RunConfig(), "cpu"), resolve_channels_last(RunConfig(), "cuda")
+    (True, False)
+    >>> resolve_channels_last(RunConfig(channels_last=False), "cpu")
+    False
+    """
+    if run.channels_last is not None:
+        return run.channels_last
+    return str(device).split(":")[0] == "cpu"
 
 
 def validate_config(config: TrainConfig) -> None:

@@ -42,7 +42,7 @@ from torch import nn
 
 from geokd.errors import ConfigError
 from geokd.models.outputs import ModelOutputs
-from geokd.train.config import TrainConfig, config_to_dict
+from geokd.train.config import TrainConfig, config_to_dict, resolve_channels_last
 from geokd.train.distributed import DistributedContext
 from geokd.train.runs import RunDir, environment_info, utc_now
 from geokd.train.state import capture_rng, read_state, restore_rng, write_state
@@ -355,8 +355,9 @@ def fit(parts: TrainingParts, config: TrainConfig, *, run_dir: str | Path, devic
 
 def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx) -> RunResult:
     r = config.run
+    channels_last = resolve_channels_last(r, device)
     student = parts.student
-    if r.channels_last:
+    if channels_last:
         student.to(memory_format=torch.channels_last)
     params = [p for p in student.parameters() if p.requires_grad]
     n_student = len(params)
@@ -446,7 +447,7 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
                 batches = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
             for x, y in batches:
                 x, y = ctx.shard(x), ctx.shard(y)
-                if r.channels_last and x.dim() == 4:
+                if channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 steps += 1
                 ce, values, active, logits, was_skipped = stepper.step(x, y, epoch=epoch, step=steps)
@@ -476,7 +477,7 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
                 )
             train_seconds = time.perf_counter() - t0
             test_error = evaluate(student, parts.test_batches, device=device, amp=r.amp,
-                                  channels_last=r.channels_last)
+                                  channels_last=channels_last)
             elapsed += train_seconds
             record = {
                 "epoch": epoch + 1,
