@@ -138,6 +138,28 @@ def test_loss_is_invariant_to_batch_permutation(seed, b, k, task):
     assert float(permuted) == pytest.approx(float(base), rel=1e-9, abs=1e-15)
 
 
+@pytest.mark.parametrize("name", ["gkd", "rkd_distance", "rkd_angle"])
+def test_loss_and_gradient_do_not_depend_on_the_memory_layout(name):
+    """Channels-last maps (the trainer's CPU default) are read in memory order, without a
+    copy: the loss and the student's gradient are those of the channels-first maps."""
+    from geokd.losses import rkd_angle_loss, rkd_distance_loss
+    loss_fn = {"gkd": lambda s, t: gkd_loss(s, t, k=3), "rkd_distance": rkd_distance_loss,
+               "rkd_angle": rkd_angle_loss}[name]
+    gen = torch.Generator().manual_seed(5)
+    teacher = [relu_batch(gen, 9, 6, 4, 4).double(), relu_batch(gen, 9, 8, 2, 2).double()]
+    student = [relu_batch(gen, 9, 3, 4, 4).double(), relu_batch(gen, 9, 5, 2, 2).double()]
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        s = [x.detach().clone(memory_format=layout).requires_grad_() for x in student]
+        loss = loss_fn(s, [x.to(memory_format=layout) for x in teacher])
+        loss.backward()
+        results.append((float(loss), [x.grad.contiguous() for x in s]))
+    (first, first_grads), (last, last_grads) = results
+    assert last == pytest.approx(first, rel=1e-12) and first > 0
+    for a, b in zip(first_grads, last_grads):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-14)
+
+
 def test_gradients_reach_the_student_only():
     gen = torch.Generator().manual_seed(3)
     teacher = [relu_batch(gen, 10, 4, 3, 3).requires_grad_(), relu_batch(gen, 10, 8).requires_grad_()]

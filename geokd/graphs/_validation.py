@@ -20,10 +20,19 @@ def _prefix(where: str | None) -> str:
 def check_activations(x, *, where: str | None = None, min_batch: int = 2, finite: bool = True) -> torch.Tensor:
     """A floating ``(B, ...)`` tensor with ``B >= min_batch`` and only finite values.
 
-    Returns the tensor flattened to ``(B, features)`` channel-major (the logical
-    C·H·W order of ``reshape``, whatever the memory format). ``finite=False`` leaves out
-    the pass over the values (for callers whose result turns non-finite on a NaN/Inf
-    input and who then check again with ``finite=True``).
+    Returns the tensor flattened to ``(B, features)`` in the order its features lie in
+    memory: C·H·W for a channels-first map, H·W·C for a channels-last one. Either way
+    the result is a view, not a copy. Every caller only takes inner products and
+    distances of whole rows, which do not depend on the order of the features.
+    ``finite=False`` leaves out the pass over the values (for callers whose result turns
+    non-finite on a NaN/Inf input and who then check again with ``finite=True``).
+
+    Examples
+    --------
+    >>> x = torch.rand(4, 3, 2, 2).to(memory_format=torch.channels_last)
+    >>> flat = check_activations(x)
+    >>> flat.shape, flat.data_ptr() == x.data_ptr()
+    (torch.Size([4, 12]), True)
     """
     p = _prefix(where)
     if not isinstance(x, torch.Tensor):
@@ -34,7 +43,7 @@ def check_activations(x, *, where: str | None = None, min_batch: int = 2, finite
         raise ValueError(f"{p}expected floating-point activations, got dtype {x.dtype}")
     if x.shape[0] < min_batch:
         raise ValueError(f"{p}expected a batch of at least {min_batch} inputs, got {x.shape[0]}")
-    flat = x.reshape(x.shape[0], -1)
+    flat = _rows_in_memory_order(x)
     if flat.shape[1] == 0:
         raise ValueError(f"{p}expected at least one feature per input, got shape {tuple(x.shape)}")
     if not finite:
@@ -52,6 +61,15 @@ def check_activations(x, *, where: str | None = None, min_batch: int = 2, finite
                 bad = int((~finite_rows).sum())
                 raise ValueError(f"{p}expected finite activations, got NaN/Inf in {bad} of {flat.shape[0]} inputs")
     return flat
+
+
+def _rows_in_memory_order(x: torch.Tensor) -> torch.Tensor:
+    # A logical (C·H·W) reshape of a channels-last map copies it, and in the trainer (whose
+    # CPU default is channels-last) that copy and its backward cost a GKD step as much as
+    # the loss itself, with fresh pages on every step.
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        x = x.permute(0, 2, 3, 1)
+    return x.reshape(x.shape[0], -1)
 
 
 def check_square(a, *, where: str | None = None) -> None:
