@@ -48,6 +48,7 @@ from benchmarks._common import format_table, write_json
 from geokd.models.taps import FeatureTaps
 from geokd.train import DataConfig, ModelConfig, TermConfig, TrainConfig, build_parts
 from geokd.train.build import build_terms
+from geokd.train.config import resolve_channels_last
 from geokd.train.distributed import DistributedContext
 from geokd.train.loop import TrainingParts, _optimizer, _Stepper
 
@@ -83,7 +84,7 @@ class Case:
 def _stepper_for(parts: TrainingParts, config: TrainConfig, terms, *, device: torch.device):
     """A fresh student copy with its own optimizer, stepped by the trainer's ``_Stepper``."""
     student = copy.deepcopy(parts.student)
-    if config.run.channels_last:  # as fit() lays the student out (build_parts resolved the default)
+    if resolve_channels_last(config.run, device):  # as fit() lays the student out
         student.to(memory_format=torch.channels_last)
     student.train()
     for term in terms:
@@ -225,7 +226,7 @@ def main(argv=None) -> dict:
     parts.teacher.requires_grad_(False)
     batches = []
     for x, y in parts.train_batches:
-        if config.run.channels_last:
+        if resolve_channels_last(config.run, device):
             x = x.contiguous(memory_format=torch.channels_last)
         batches.append((x, y))
         if len(batches) == 4:

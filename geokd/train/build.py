@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from geokd.errors import ConfigError
-from geokd.train.config import TrainConfig, resolve_channels_last
+from geokd.train.config import TrainConfig
 from geokd.train.distributed import DistributedContext
 from geokd.train.loop import RunResult, Term, TrainingParts, fit
 from geokd.train.runs import RunDir
@@ -124,7 +124,6 @@ def build_parts(config: TrainConfig, *, device: torch.device, ctx: DistributedCo
         raise ConfigError(f"data.batch_size: {d.batch_size} is more than the {n_train} training inputs with drop_last")
 
     config = copy.deepcopy(config)
-    config.run.channels_last = resolve_channels_last(config.run, device)  # the run records what it used
     params = dict(config.model.params)
     params.setdefault("num_classes", int(train_set.num_classes))
     try:

@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -401,7 +401,10 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
         ctx.broadcast_module(term.module)
 
     if ctx.is_main:
-        run.write_json(run.config_path, config_to_dict(config))
+        # The layout it used, not the unset default: the same config trains channels-last on a
+        # CPU and channels-first on a GPU.
+        used = replace(config, run=replace(r, channels_last=channels_last))
+        run.write_json(run.config_path, config_to_dict(used))
         meta = run.read_meta()
         run.write_json(run.meta_path, {
             **meta,
