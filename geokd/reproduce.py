@@ -40,7 +40,7 @@ from torch import nn
 from geokd.errors import ConfigError
 from geokd.studies import Study
 from geokd.train import RunDir, TrainConfig, train
-from geokd.train.config import config_to_dict
+from geokd.train.config import config_to_dict, resolve_channels_last
 from geokd.train.runs import directory_lock
 
 __all__ = ["PlannedRun", "StudyTable", "plan_study", "run_study", "tabulate_study", "write_table",
@@ -515,6 +515,9 @@ def estimate_study_seconds(study: Study, *, out: str | Path = "runs", device: st
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
         b = config.data.batch_size
         x = torch.randn(b, *shape, device=device)
+        if resolve_channels_last(config.run, device):  # time the layout the run will train in
+            model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (b,), device=device)
         times = []
         for i in range(steps + 1):

@@ -208,3 +208,22 @@ def test_byot_trains_every_exit_on_digits_and_smoothness_per_exit():
     fresh = SelfDistillationNetwork(build_model("resnet8", num_classes=10, in_channels=1), example_input=x[:2])
     fresh_smooth = exit_smoothness(fresh, x[test], y[test], k=10)
     assert smooth[-1] < fresh_smooth[-1]
+
+
+def test_channels_last_training_matches_channels_first():
+    """The layout changes only rounding: same losses and weights from the same start."""
+    x, y = _digits()
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 256, 64)]
+    nets = {}
+    for layout in (False, True):
+        from geokd.models import build_model
+
+        torch.manual_seed(0)
+        net = SelfDistillationNetwork(build_model("resnet8", num_classes=10, in_channels=1), example_input=x[:2])
+        nets[layout] = (net, train_self_distillation(net, batches, epochs=1, lr=0.05, channels_last=layout))
+    (first, h_first), (last, h_last) = nets[False], nets[True]
+    assert h_last == pytest.approx(h_first, rel=1e-4)
+    convs = [p for p in last.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    for a, b in zip(first.parameters(), last.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)

@@ -60,6 +60,23 @@ def test_matches_nn_batchnorm_in_float64(channels, affine, track, momentum):
         torch.testing.assert_close(ours.state_dict()[key], value, rtol=0, atol=1e-12, msg=key)
 
 
+@pytest.mark.parametrize("channels", [3, 8, 33])
+def test_an_in_place_relu_after_it_gets_the_gradient_of_nn_batchnorm(channels):
+    # conv → bn → ReLU(inplace=True) is the usual block (torchvision's ResNets, BYOT's heads):
+    # the output must be a tensor of its own, not a view autograd refuses to modify.
+    g = torch.Generator().manual_seed(channels)
+    ours, theirs = BatchNorm2d(channels).double(), nn.BatchNorm2d(channels).double()
+    x = channels_last((4, channels, 5, 6), generator=g).requires_grad_()
+    dy = torch.randn(4, channels, 5, 6, dtype=torch.float64, generator=g)
+    y_ours = F.relu(ours(x), inplace=True)
+    y_theirs = F.relu(theirs(x))
+    assert y_ours._base is None
+    torch.testing.assert_close(y_ours, y_theirs, rtol=0, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(y_ours, [x, *ours.parameters()], dy),
+                    torch.autograd.grad(y_theirs, [x, *theirs.parameters()], dy)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
 def test_gradcheck_of_the_channels_last_path():
     x = channels_last((3, 4, 3, 3)).requires_grad_()
     weight = (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_()

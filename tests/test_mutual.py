@@ -135,3 +135,30 @@ def test_two_students_learn_digits_together(tmp_path):
     assert evaluate(reloaded, test) == pytest.approx(result.final_test_errors[1])
     with pytest.raises(ConfigError, match="already holds a run"):
         train_mutual(cfg, run_dir=tmp_path / "dml")
+
+
+def test_students_train_channels_last_on_a_cpu_and_match_channels_first(tmp_path):
+    """Unset, both students train channels-last on a CPU; config.json says so, and the run
+    is the channels-first run up to rounding."""
+    import json
+
+    def config(**run):
+        return config_from_dict({
+            "data": {"name": "digits", "batch_size": 128, "augment": False},
+            "model": {"name": "small_cnn", "params": {"in_channels": 1, "widths": [8, 8, 8]}},
+            "optim": {"lr": 0.05},
+            "schedule": {"epochs": 1},
+            "run": {"seed": 0, **run},
+        })
+
+    default = train_mutual(config(), run_dir=tmp_path / "default", progress=False)
+    first = train_mutual(config(channels_last=False), run_dir=tmp_path / "first", progress=False)
+    recorded = {name: json.loads((tmp_path / name / "config.json").read_text())["run"]["channels_last"]
+                for name in ("default", "first")}
+    assert recorded == {"default": True, "first": False}
+    for net in default.models:
+        convs = [p for p in net.parameters() if p.dim() == 4]
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    for k in (1, 2):
+        for key in (f"train_cross_entropy_{k}", f"train_kl_{k}"):
+            assert default.metrics[0][key] == pytest.approx(first.metrics[0][key], rel=1e-4)

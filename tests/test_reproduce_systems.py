@@ -141,6 +141,7 @@ def test_system_rows_train_tabulate_over_seeds_and_are_reused(tmp_path):
             run = RunDir(root / method / f"seed{seed}")
             config = run.read_json(run.config_path)
             assert config["system"] == study.method(method).system and config["run"]["seed"] == seed
+            assert config["run"]["channels_last"] is True  # the layout each system trained in on a CPU
             assert meta["seed"] == seed and meta["environment"]["torch"] == torch.__version__
             assert run.is_finished() and len(run.read_metrics()) == 2
 

@@ -435,16 +435,21 @@ def train_self_distillation(
     gamma: float = 0.1,
     loss: SelfDistillationLoss | None = None,
     device: torch.device | str = "cpu",
+    channels_last: bool = False,
 ) -> list[float]:
     """A small self-contained SGD loop for BYOT (all exits trained jointly).
 
     ``batches`` is re-iterable over ``(x, y)`` (e.g. a :class:`geokd.data.BatchLoader`).
-    Returns the mean loss of each epoch.
+    With ``channels_last`` the network and each batch are put in that memory layout (faster
+    on a CPU, see :func:`geokd.train.config.resolve_channels_last`). Returns the mean loss
+    of each epoch.
     """
     if epochs < 1:
         raise ValueError(f"epochs: expected >= 1, got {epochs}")
     loss = loss if loss is not None else SelfDistillationLoss()
     network.to(device).train()
+    if channels_last:
+        network.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(network.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
     history = []
@@ -452,6 +457,8 @@ def train_self_distillation(
         total, count = 0.0, 0
         for x, y in batches:
             x, y = x.to(device), y.to(device)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             value = loss(network(x), y)
             if not torch.isfinite(value):
                 raise ValueError(f"BYOT loss became {float(value)}; lower the learning rate")

@@ -94,13 +94,16 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else weight * invstd
         shift = torch.zeros_like(mean) if bias is None else bias
-        out = torch.addcmul(_per_channel(shift, r), x_mu, _per_channel(scale, r))
+        # Written through a view into a tensor of its own: an output that is a view may not
+        # be modified in place (an in-place ReLU after the batch norm would be refused).
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        torch.addcmul(_per_channel(shift, r), x_mu, _per_channel(scale, r), out=_rows(out, r))
         if running_mean is not None:
             running_mean.lerp_(mean, momentum)
             running_var.lerp_(var * (m / (m - 1)), momentum)  # the unbiased variance, as ATen
         ctx.save_for_backward(x_mu, weight, invstd)
         ctx.shape = (n, c, h, w)
-        return out.view(n, h, w, c).permute(0, 3, 1, 2)
+        return out
 
     @staticmethod
     @once_differentiable

@@ -17,6 +17,9 @@ softened predictions and scaled by :math:`T^2`, as in Hinton KD; the paper uses 
 The data, model, optimizer and schedule come from an ordinary
 :class:`~geokd.train.config.TrainConfig` (its ``model`` is the first student); the peer is
 the same architecture with its own initialization unless ``peer=`` names another.
+Both students train in the layout of ``run.channels_last`` (unset: channels-last on a CPU,
+channels-first elsewhere, as in :func:`~geokd.train.loop.fit`), and ``config.json`` records
+the layout used.
 The run directory holds ``config.json``, ``meta.json``, ``metrics.jsonl`` (one record per
 epoch with both students' numbers) and one finished sub-run per student
 (``student_1/``, ``student_2/``, each with ``model.pt`` and ``meta.json``), usable as a
@@ -30,7 +33,7 @@ import copy
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -41,7 +44,7 @@ from torch import nn
 from geokd.errors import ConfigError
 from geokd.losses.kd import kd_loss
 from geokd.train.build import build_parts
-from geokd.train.config import TrainConfig, config_to_dict
+from geokd.train.config import TrainConfig, config_to_dict, resolve_channels_last
 from geokd.train.distributed import DistributedContext
 from geokd.train.loop import _optimizer, evaluate
 from geokd.train.runs import RunDir, environment_info, utc_now
@@ -194,6 +197,11 @@ def train_mutual(
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"dml: peer: {exc}") from None
     models = (net1, net2)
+    channels_last = resolve_channels_last(resolved.run, device)
+    if channels_last:
+        for m in models:
+            m.to(memory_format=torch.channels_last)
+    resolved = replace(resolved, run=replace(resolved.run, channels_last=channels_last))
     optimizers = tuple(_optimizer(resolved, [p for p in m.parameters() if p.requires_grad]) for m in models)
     schedulers = [
         torch.optim.lr_scheduler.MultiStepLR(o, milestones=list(resolved.schedule.milestones), gamma=resolved.schedule.gamma)
@@ -218,7 +226,8 @@ def train_mutual(
             for epoch in epochs:
                 t0 = time.perf_counter()
                 lr = optimizers[0].param_groups[0]["lr"]
-                record = _train_epoch(models, optimizers, parts.train_batches, temperature, device)
+                record = _train_epoch(models, optimizers, parts.train_batches, temperature, device,
+                                      channels_last=channels_last)
                 for s in schedulers:
                     s.step()
                 seconds = time.perf_counter() - t0
@@ -227,8 +236,8 @@ def train_mutual(
                     "epoch": epoch + 1,
                     "lr": lr,
                     **record,
-                    "test_error_1": evaluate(net1, parts.test_batches, device=device),
-                    "test_error_2": evaluate(net2, parts.test_batches, device=device),
+                    "test_error_1": evaluate(net1, parts.test_batches, device=device, channels_last=channels_last),
+                    "test_error_2": evaluate(net2, parts.test_batches, device=device, channels_last=channels_last),
                     "seconds": seconds,
                 }
                 run.append_metrics(record)
@@ -255,12 +264,14 @@ def _peer_config(first: dict, peer: dict | None) -> dict:
     return cfg
 
 
-def _train_epoch(models, optimizers, batches, temperature, device) -> dict:
+def _train_epoch(models, optimizers, batches, temperature, device, *, channels_last: bool) -> dict:
     for m in models:
         m.train()
     sums = torch.zeros(6, dtype=torch.float64, device=device)  # ce1, kl1, correct1, ce2, kl2, correct2
     seen = 0
     for x, y in batches:
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         out = mutual_step(models, optimizers, x, y, temperature=temperature)
         n = y.shape[0]
         seen += n

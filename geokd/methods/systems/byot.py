@@ -12,6 +12,7 @@ and each exit's anytime inference time go to an extra table. Parameters: ``alpha
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from geokd.methods.systems import System, median_sd, register_system
@@ -26,7 +27,7 @@ def run(config, params: dict, *, run_dir, device, resume, on_epoch_end=None, pro
     from geokd.checkpoints import save_checkpoint
     from geokd.methods.byot import SelfDistillationLoss, SelfDistillationNetwork, evaluate_exits, train_self_distillation
     from geokd.train.build import build_parts
-    from geokd.train.config import config_to_dict
+    from geokd.train.config import config_to_dict, resolve_channels_last
     from geokd.train.distributed import DistributedContext
     from geokd.train.runs import utc_now
     from geokd.train.state import atomic_write_bytes
@@ -37,6 +38,8 @@ def run(config, params: dict, *, run_dir, device, resume, on_epoch_end=None, pro
     example = next(iter(parts.test_batches))[0][:2]
     network = SelfDistillationNetwork(parts.student, example_input=example)
     loss = SelfDistillationLoss(**params)
+    channels_last = resolve_channels_last(resolved.run, device)
+    resolved = dataclasses.replace(resolved, run=dataclasses.replace(resolved.run, channels_last=channels_last))
     with run.lock():
         start_run(run, {**config_to_dict(resolved), "system": "byot", "params": params}, seed=resolved.run.seed,
                   device=device)
@@ -44,7 +47,8 @@ def run(config, params: dict, *, run_dir, device, resume, on_epoch_end=None, pro
         history = train_self_distillation(
             network, parts.train_batches, epochs=resolved.schedule.epochs, lr=resolved.optim.lr,
             momentum=resolved.optim.momentum, weight_decay=resolved.optim.weight_decay,
-            milestones=resolved.schedule.milestones, gamma=resolved.schedule.gamma, loss=loss, device=device)
+            milestones=resolved.schedule.milestones, gamma=resolved.schedule.gamma, loss=loss, device=device,
+            channels_last=channels_last)
         seconds = time.perf_counter() - t0
         reports = evaluate_exits(network, parts.test_batches, device=device)
         exits = {r.name: {"test_error": 100.0 * (1.0 - r.accuracy),
