@@ -1,7 +1,9 @@
 """geokd's BatchNorm2d: nn.BatchNorm2d's results, its own path on channels-last CPU maps.
 
 Oracles: ``nn.BatchNorm2d`` in float64 (forward, gradients, running statistics), a float64
-reference for the float32 accuracy, and ``torch.autograd.gradcheck``.
+reference for the float32 accuracy, and ``torch.autograd.gradcheck``. Every test runs
+twice: with geokd's compiled kernels (which must be available on the CI machine: it has
+a C compiler and torch on GNU OpenMP) and with the ATen fallback.
 """
 
 from __future__ import annotations
@@ -15,8 +17,19 @@ from torch import nn
 
 from geokd.models import build_model
 from geokd.models.batchnorm import _GRAM_CHANNELS, BatchNorm2d, _ChannelsLastBatchNorm
+from geokd.native import native_disabled, native_status
 
 CL = torch.channels_last
+
+
+@pytest.fixture(autouse=True, params=["native", "aten"])
+def kernels(request):
+    if request.param == "aten":
+        with native_disabled():
+            yield request.param
+    else:
+        assert native_status() == {"batchnorm": True, "reason": None}
+        yield request.param
 
 
 def channels_last(shape, *, dtype=torch.float64, offset=0.0, scale=1.0, generator=None):
@@ -75,6 +88,27 @@ def test_an_in_place_relu_after_it_gets_the_gradient_of_nn_batchnorm(channels):
     for a, b in zip(torch.autograd.grad(y_ours, [x, *ours.parameters()], dy),
                     torch.autograd.grad(y_theirs, [x, *theirs.parameters()], dy)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_map_split_over_threads_matches_nn_batchnorm(threads):
+    # 16 × 8 × 32 × 32 is 2,048 rows of the wide view: enough for the kernels to use 2 threads.
+    g = torch.Generator().manual_seed(threads)
+    ours, theirs = BatchNorm2d(8).double(), nn.BatchNorm2d(8).double()
+    x = channels_last((16, 8, 32, 32), offset=3.0, generator=g).requires_grad_()
+    dy = torch.randn(16, 8, 32, 32, dtype=torch.float64, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = ours(x)
+        grads = torch.autograd.grad(y, [x, *ours.parameters()], dy)
+    finally:
+        torch.set_num_threads(before)
+    y_theirs = theirs(x)
+    torch.testing.assert_close(y, y_theirs, rtol=0, atol=1e-12)
+    for a, b in zip(grads, torch.autograd.grad(y_theirs, [x, *theirs.parameters()], dy)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+    torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=0, atol=1e-12)
 
 
 def test_gradcheck_of_the_channels_last_path():

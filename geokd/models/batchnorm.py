@@ -39,6 +39,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from geokd.native import batchnorm_kernels
+
 # Up to this many channels the per-channel dot products are one C×C matrix product.
 _GRAM_CHANNELS = 64
 # Row width, in elements, of the views the per-channel sums and the update run on: a
@@ -60,6 +62,13 @@ def _rows(t: Tensor, r: int) -> Tensor:
     return t.permute(0, 2, 3, 1).reshape(n * h * w // r, r * c)
 
 
+def _output_rows(t: Tensor, r: int) -> Tensor:
+    """:func:`_rows` of a tensor about to be written: always a view (``view`` raises where
+    ``reshape`` would silently copy and the writes would be lost)."""
+    n, c, h, w = t.shape
+    return t.permute(0, 2, 3, 1).view(n * h * w // r, r * c)
+
+
 def _channel_sums(rows: Tensor, c: int) -> Tensor:
     return rows.sum(0).view(-1, c).sum(0)
 
@@ -79,7 +88,9 @@ def _channel_dots(a: Tensor, b: Tensor, c: int) -> Tensor:
 class _ChannelsLastBatchNorm(torch.autograd.Function):
     """Training-mode batch norm on the (M, C) matrix a channels-last map is in memory.
 
-    Two-pass statistics; only ``x - mean`` is kept for the backward, not ``x``.
+    With geokd's compiled kernels (:mod:`geokd.native`): one pass for float64 statistics,
+    one for the output, two for the backward, the input kept for it. Without them, ATen
+    operations: two-pass statistics, and ``x - mean`` kept for the backward instead of ``x``.
     """
 
     @staticmethod
@@ -87,6 +98,14 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         n, c, h, w = x.shape
         m = n * h * w
         r = _wide_rows(m, c)
+        ctx.shape = (n, c, h, w)
+        kernels = batchnorm_kernels()
+        ctx.native = kernels is not None
+        if kernels is not None:
+            out, mean, invstd = kernels.forward(x, rows=m // r, weight=weight, bias=bias, running_mean=running_mean,
+                                                running_var=running_var, momentum=momentum, eps=eps)
+            ctx.save_for_backward(x, weight, mean, invstd)
+            return out
         x_rows = _rows(x, r)
         mean = _channel_sums(x_rows, c) / m
         x_mu = x_rows - _per_channel(mean, r)
@@ -97,22 +116,27 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         # Written through a view into a tensor of its own: an output that is a view may not
         # be modified in place (an in-place ReLU after the batch norm would be refused).
         out = torch.empty_like(x, memory_format=torch.channels_last)
-        torch.addcmul(_per_channel(shift, r), x_mu, _per_channel(scale, r), out=_rows(out, r))
+        torch.addcmul(_per_channel(shift, r), x_mu, _per_channel(scale, r), out=_output_rows(out, r))
         if running_mean is not None:
             running_mean.lerp_(mean, momentum)
             running_var.lerp_(var * (m / (m - 1)), momentum)  # the unbiased variance, as ATen
         ctx.save_for_backward(x_mu, weight, invstd)
-        ctx.shape = (n, c, h, w)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x_mu, weight, invstd = ctx.saved_tensors
         n, c, h, w = ctx.shape
         m = n * h * w
         r = _wide_rows(m, c)
-        dy_rows = _rows(grad_out.contiguous(memory_format=torch.channels_last), r)
+        dy = grad_out.contiguous(memory_format=torch.channels_last)
+        if ctx.native:
+            x, weight, mean, invstd = ctx.saved_tensors
+            dx, grad_weight, grad_bias = batchnorm_kernels().backward(x, dy, rows=m // r, mean=mean, invstd=invstd,
+                                                                      weight=weight)
+            return dx, grad_weight, grad_bias, None, None, None, None
+        x_mu, weight, invstd = ctx.saved_tensors
+        dy_rows = _rows(dy, r)
         sum_dy = _channel_sums(dy_rows, c)
         sum_dy_xmu = _channel_dots(dy_rows, x_mu, c)
         scale = invstd if weight is None else weight * invstd
@@ -120,8 +144,8 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         b = -scale * invstd * invstd * sum_dy_xmu / m
         coef = torch.stack((scale, b, -scale * sum_dy / m))
         coef = coef if r == 1 else coef.repeat(1, r)
-        dx = torch.addcmul(coef[2], dy_rows, coef[0]).addcmul_(x_mu, coef[1])
-        dx = dx.view(n, h, w, c).permute(0, 3, 1, 2)
+        dx = torch.empty(ctx.shape, dtype=grad_out.dtype, memory_format=torch.channels_last)
+        torch.addcmul(coef[2], dy_rows, coef[0], out=_output_rows(dx, r)).addcmul_(x_mu, coef[1])
         if weight is None:
             return dx, None, None, None, None, None, None
         return dx, sum_dy_xmu * invstd, sum_dy, None, None, None, None
