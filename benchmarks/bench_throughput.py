@@ -4,7 +4,8 @@ geokd: :func:`geokd.train.fit` on parts from :func:`geokd.train.build_parts` (CI
 batch 128, crop + flip by ``BatchLoader`` on whole batches, WRN-28-0.5, SGD lr 0.1 momentum
 0.9 wd 5e-4, cross-entropy only), once as configured by default (``run.channels_last``
 unset: channels-last on a CPU, with geokd's batch norm for it) and once with the other
-layout. Throughput is the trainer's own per-epoch ``seconds`` (training only: evaluation
+layout; as context, the default with :mod:`geokd.native`'s compiled batch norm disabled (ATen
+operations instead). Throughput is the trainer's own per-epoch ``seconds`` (training only: evaluation
 and checkpointing are outside it).
 
 Baseline: the usual loop: a map-style dataset of PIL images with torchvision's
@@ -29,6 +30,7 @@ Run: ``python -m benchmarks.bench_throughput [--quick] [--steps 20] [--epochs 3]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -44,12 +46,14 @@ from benchmarks._common import format_table, write_json
 from benchmarks.bench_matmul_peak import measure_matmul_peak
 from geokd.data import load_dataset
 from geokd.graphs.dataset_knn import search_dtype
+from geokd.native import native_disabled, native_status
 from geokd.train import DataConfig, ModelConfig, RunConfig, ScheduleConfig, TrainConfig, build_parts, fit
 from geokd.train.config import resolve_channels_last
 from geokd.train.distributed import DistributedContext
 
 TARGET_RATIO = 1.3
 AMP_NAME = "geokd fit (run.amp = bf16)"
+NO_NATIVE_NAME = "geokd fit (default config, geokd.native disabled)"
 BATCH = 128
 
 
@@ -164,11 +168,12 @@ def main(argv=None) -> dict:
     train_set = load_dataset("cifar10", split="train", fraction=fraction, seed=0)
     initial = None
 
-    def run_geokd(channels_last: bool | None, amp: str | None = None):
+    def run_geokd(channels_last: bool | None, amp: str | None = None, *, native: bool = True):
         nonlocal initial
         torch.manual_seed(0)
         cfg = config_for(depth=depth, fraction=fraction, epochs=epochs, channels_last=channels_last, amp=amp)
-        seconds, n_images, model = geokd_epochs(cfg, device=device)
+        with contextlib.nullcontext() if native else native_disabled():
+            seconds, n_images, model = geokd_epochs(cfg, device=device)
         if initial is None:
             initial = model
         return seconds, n_images
@@ -182,6 +187,10 @@ def main(argv=None) -> dict:
     systems = {default_name: lambda: run_geokd(None),
                f"geokd fit ({layout[not default_layout]})": lambda: run_geokd(not default_layout),
                baseline_name: run_plain}
+    native = native_status()
+    if default_layout and native["batchnorm"]:
+        # Context: what geokd's compiled batch norm (geokd.native) adds to the default.
+        systems[NO_NATIVE_NAME] = lambda: run_geokd(None, native=False)
     if args.bf16 == "on" or (args.bf16 == "auto" and search_dtype("auto", device) == torch.bfloat16):
         # Context, not the target: other numerics than the float32 baseline.
         systems[AMP_NAME] = lambda: run_geokd(None, "bf16")
@@ -217,10 +226,13 @@ def main(argv=None) -> dict:
             row["target"] = "context (bfloat16 numerics)"
         elif name == default_name:
             row["target"] = f">= {TARGET_RATIO}x: " + ("met" if ratio >= TARGET_RATIO else "MISSED")
+        elif name == NO_NATIVE_NAME:
+            row["target"] = "context (ATen batch norm operations)"
         elif name != baseline_name:
             row["target"] = "context (the other layout)"
         rows.append(row)
-    best = max((r for r in rows if r["system"] not in (baseline_name, AMP_NAME)), key=lambda r: r["images_per_s"])
+    best = max((r for r in rows if r["system"] not in (baseline_name, AMP_NAME, NO_NATIVE_NAME)),
+               key=lambda r: r["images_per_s"])
     setting = "quick smoke test (WRN-10-0.5)" if args.quick else "WRN-28-0.5, CIFAR-10, batch 128"
     print(f"training throughput, {setting}, {steps} steps/epoch, median of epochs 2..{epochs}, "
           f"median over {args.rounds} rounds (ratio: median of per-round ratios); "
@@ -233,7 +245,7 @@ def main(argv=None) -> dict:
     print(f"default configuration: {default_name} at {results_ratio(rows, default_name):.2f}x the plain loop; "
           f"best: {best['system']} at {best['ratio_vs_plain']:.2f}x")
     payload = {"quick": args.quick, "setting": setting, "threads": torch.get_num_threads(), "steps_per_epoch": steps,
-               "epochs": epochs, "rounds": args.rounds, "default_system": default_name, "load_average": os.getloadavg(), "matmul_peak": peak,
+               "epochs": epochs, "rounds": args.rounds, "default_system": default_name, "native": native, "load_average": os.getloadavg(), "matmul_peak": peak,
                "flops_per_image": per_image, "rows": rows, "systems": results}
     path = write_json("bench_throughput_quick" if args.quick else "bench_throughput", payload)
     print(f"wrote {path}")

@@ -153,7 +153,7 @@ def test_loss_and_gradient_do_not_depend_on_the_memory_layout(name):
         s = [x.detach().clone(memory_format=layout).requires_grad_() for x in student]
         loss = loss_fn(s, [x.to(memory_format=layout) for x in teacher])
         loss.backward()
-        results.append((float(loss), [x.grad.contiguous() for x in s]))
+        results.append((float(loss.detach()), [x.grad.contiguous() for x in s]))
     (first, first_grads), (last, last_grads) = results
     assert last == pytest.approx(first, rel=1e-12) and first > 0
     for a, b in zip(first_grads, last_grads):

@@ -116,13 +116,18 @@ def test_channels_last_is_the_cpu_default_and_changes_only_rounding(teacher_dir,
     """WRN-10-0.5's 8-channel stage trains through geokd's channels-last batch norm; the
     run records the layout it used; channels-first gives the same run up to rounding."""
     terms = [{"loss": "gkd", "weight": 25.0}]
-    default = train(student(teacher_dir, terms), run_dir=tmp_path / "default", progress=False)
-    first = train(student(teacher_dir, terms, run={"threads": 1, "channels_last": False}),
+    # A small learning rate: at lr 0.1 SGD amplifies float32 rounding into percents within
+    # an epoch (a float32 channels-first run itself leaves the float64 one by 2% in loss in
+    # 20 steps), which would test the chaos, not the layout.
+    optim = {"lr": 0.005}
+    default = train(student(teacher_dir, terms, optim=optim), run_dir=tmp_path / "default", progress=False)
+    first = train(student(teacher_dir, terms, optim=optim, run={"threads": 1, "channels_last": False}),
                   run_dir=tmp_path / "first", progress=False)
     saved = {name: json.loads(RunDir(tmp_path / name).config_path.read_text())["run"]["channels_last"]
              for name in ("default", "first")}
     assert saved == {"default": True, "first": False}
     assert default.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    # (The exact check is the float64 WRN step in test_models_batchnorm.py.)
     for a, b in zip(default.metrics, first.metrics):
-        assert a["train_cross_entropy"] == pytest.approx(b["train_cross_entropy"], rel=1e-3)
-        assert a["train_terms"]["gkd"] == pytest.approx(b["train_terms"]["gkd"], rel=1e-3)
+        assert a["train_cross_entropy"] == pytest.approx(b["train_cross_entropy"], rel=1e-4)
+        assert a["train_terms"]["gkd"] == pytest.approx(b["train_terms"]["gkd"], rel=1e-4)

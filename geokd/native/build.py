@@ -26,7 +26,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["NativeUnavailable", "load_library", "omp_runtimes"]
+__all__ = ["NativeUnavailable", "library_path", "load_library", "omp_runtimes"]
 
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11",
          # gcc picks 256-bit vectors on AVX-512 CPUs unless told; the kernels' register
@@ -101,9 +101,12 @@ def _check_environment() -> None:
 
 
 def _build(source_path: Path, target: Path, cc: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise NativeUnavailable(f"cannot write the build to {target.parent}: {exc}") from None
     try:
         done = subprocess.run([cc, *FLAGS, "-o", tmp, str(source_path), *LIBS], capture_output=True, text=True,
                               timeout=300)
@@ -115,6 +118,20 @@ def _build(source_path: Path, target: Path, cc: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def library_path(name: str, *, cache: str | os.PathLike | None = None) -> Path:
+    """Where the build of ``geokd/native/<name>.c`` for this machine and compiler goes.
+
+    Raises
+    ------
+    NativeUnavailable
+        When there is no working C compiler.
+    """
+    from geokd.data.cache import cache_root
+
+    cc = _compiler()
+    return cache_root(cache) / "native" / f"{name}-{_key((_SOURCES / f'{name}.c').read_bytes(), cc)}.so"
 
 
 def load_library(name: str, *, cache: str | os.PathLike | None = None) -> ctypes.CDLL:
@@ -133,13 +150,10 @@ def load_library(name: str, *, cache: str | os.PathLike | None = None) -> ctypes
     NativeUnavailable
         With the reason, when the library cannot be built or used here.
     """
-    from geokd.data.cache import cache_root
-
     _check_environment()
     source_path = _SOURCES / f"{name}.c"
-    source = source_path.read_bytes()
     cc = _compiler()
-    target = cache_root(cache) / "native" / f"{name}-{_key(source, cc)}.so"
+    target = library_path(name, cache=cache)
     with _lock:
         for attempt in range(2):
             if not target.is_file():
