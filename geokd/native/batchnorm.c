@@ -43,6 +43,41 @@ static void fold(double *restrict out, const double *restrict partial, int threa
         for (int64_t k = 0; k < width; k++) out[k] += partial[t * width + k];
 }
 
+/* The body of a two-sum column reduction: rows split over threads, each thread's partial
+ * sums in its own rows of `partial`, columns in blocks of 64, then 16, then 1 (BLOCK is
+ * called with the leading arguments given, then r0, r1, width, k0, bw, acc1, acc2). Needs
+ * `rows`, `width` and `threads` in scope; returns from the enclosing function. */
+#define COLUMN_SUMS(BLOCK, OUT1, OUT2, ...)                                                          \
+    int n = threads_for(rows, threads);                                                             \
+    double *partial = calloc((size_t)2 * n * width, sizeof(double));                                 \
+    if (!partial) return -1;                                                                         \
+    _Pragma("omp parallel num_threads(n)")                                                           \
+    {                                                                                                \
+        int t = omp_get_thread_num();                                                                \
+        ROW_RANGE(rows, t, omp_get_num_threads());                                                   \
+        double *a = partial + t * width, *b = partial + (n + t) * width;                             \
+        int64_t k0 = 0;                                                                              \
+        for (; k0 + 64 <= width; k0 += 64) BLOCK(__VA_ARGS__, r0, r1, width, k0, 64, a, b);          \
+        for (; k0 + 16 <= width; k0 += 16) BLOCK(__VA_ARGS__, r0, r1, width, k0, 16, a, b);          \
+        for (; k0 < width; k0++) BLOCK(__VA_ARGS__, r0, r1, width, k0, 1, a, b);                     \
+    }                                                                                                \
+    fold(OUT1, partial, n, width);                                                                   \
+    fold(OUT2, partial + (size_t)n * width, n, width);                                               \
+    free(partial);                                                                                   \
+    return 0;
+
+/* The body of an elementwise pass: rows split over threads, the arguments run for each row
+ * index i of the thread's range. Needs `rows`, `width` and `threads` in scope. */
+#define PARALLEL_ROWS(...)                                                                           \
+    int n = threads_for(rows, threads);                                                             \
+    _Pragma("omp parallel num_threads(n)")                                                           \
+    {                                                                                                \
+        int t = omp_get_thread_num();                                                                \
+        ROW_RANGE(rows, t, omp_get_num_threads());                                                   \
+        for (int64_t i = r0; i < r1; i++) { __VA_ARGS__ }                                            \
+    }                                                                                                \
+    return 0;
+
 #define DEFINE(T, SUF)                                                                              \
 /* Columns [k0, k0 + bw) of rows [r0, r1): acc1 += x - s, acc2 += (x - s)^2. */                     \
 INLINE void stats_block_##SUF(const T *restrict x, const T *restrict s, int64_t r0, int64_t r1,     \
@@ -62,42 +97,19 @@ INLINE void stats_block_##SUF(const T *restrict x, const T *restrict s, int64_t 
 }                                                                                                   \
                                                                                                     \
 static int stats_##SUF(const T *restrict x, const T *restrict shift, int64_t rows, int64_t width, \
-                         int threads, double *restrict sum, double *restrict sum_sq) {              \
-    int n = threads_for(rows, threads);                                                            \
-    double *partial = calloc((size_t)2 * n * width, sizeof(double));                                \
-    if (!partial) return -1;                                                                        \
-    _Pragma("omp parallel num_threads(n)")                                                          \
-    {                                                                                               \
-        int t = omp_get_thread_num();                                                               \
-        ROW_RANGE(rows, t, omp_get_num_threads());                                                  \
-        double *a = partial + t * width, *b = partial + (n + t) * width;                            \
-        int64_t k0 = 0;                                                                             \
-        for (; k0 + 64 <= width; k0 += 64) stats_block_##SUF(x, shift, r0, r1, width, k0, 64, a, b); \
-        for (; k0 + 16 <= width; k0 += 16) stats_block_##SUF(x, shift, r0, r1, width, k0, 16, a, b); \
-        for (; k0 < width; k0++) stats_block_##SUF(x, shift, r0, r1, width, k0, 1, a, b);           \
-    }                                                                                               \
-    fold(sum, partial, n, width);                                                                   \
-    fold(sum_sq, partial + (size_t)n * width, n, width);                                            \
-    free(partial);                                                                                  \
-    return 0;                                                                                       \
+                         int threads, double *restrict sum, double *restrict sum_sq) {                 \
+    COLUMN_SUMS(stats_block_##SUF, sum, sum_sq, x, shift);                                      \
 }                                                                                                   \
                                                                                                     \
 /* out = (x - mean) * scale + shift */                                                              \
 static int normalize_##SUF(const T *restrict x, const T *restrict mean, const T *restrict scale,  \
                              const T *restrict shift, T *restrict out, int64_t rows,                \
                              int64_t width, int threads) {                                          \
-    int n = threads_for(rows, threads);                                                            \
-    _Pragma("omp parallel num_threads(n)")                                                          \
-    {                                                                                               \
-        int t = omp_get_thread_num();                                                               \
-        ROW_RANGE(rows, t, omp_get_num_threads());                                                  \
-        for (int64_t i = r0; i < r1; i++) {                                                         \
-            const T *restrict row = x + i * width;                                                  \
-            T *restrict o = out + i * width;                                                        \
-            for (int64_t k = 0; k < width; k++) o[k] = (row[k] - mean[k]) * scale[k] + shift[k];    \
-        }                                                                                           \
-    }                                                                                               \
-    return 0;                                                                                       \
+    PARALLEL_ROWS(                                                                                  \
+        const T *restrict row = x + i * width;                                                      \
+        T *restrict o = out + i * width;                                                            \
+        for (int64_t k = 0; k < width; k++) o[k] = (row[k] - mean[k]) * scale[k] + shift[k];        \
+    )                                                                                               \
 }                                                                                                   \
                                                                                                     \
 /* Columns [k0, k0 + bw) of rows [r0, r1): acc1 += dy, acc2 += dy * (x - mean). */                  \
@@ -120,44 +132,20 @@ INLINE void backward_block_##SUF(const T *restrict x, const T *restrict dy, cons
                                                                                                     \
 static int backward_sums_##SUF(const T *restrict x, const T *restrict dy, const T *restrict mean, \
                                  int64_t rows, int64_t width, int threads,                          \
-                                 double *restrict sum_dy, double *restrict sum_dy_xmu) {            \
-    int n = threads_for(rows, threads);                                                            \
-    double *partial = calloc((size_t)2 * n * width, sizeof(double));                                \
-    if (!partial) return -1;                                                                        \
-    _Pragma("omp parallel num_threads(n)")                                                          \
-    {                                                                                               \
-        int t = omp_get_thread_num();                                                               \
-        ROW_RANGE(rows, t, omp_get_num_threads());                                                  \
-        double *a = partial + t * width, *b = partial + (n + t) * width;                            \
-        int64_t k0 = 0;                                                                             \
-        for (; k0 + 64 <= width; k0 += 64) backward_block_##SUF(x, dy, mean, r0, r1, width, k0, 64, a, b); \
-        for (; k0 + 16 <= width; k0 += 16) backward_block_##SUF(x, dy, mean, r0, r1, width, k0, 16, a, b); \
-        for (; k0 < width; k0++) backward_block_##SUF(x, dy, mean, r0, r1, width, k0, 1, a, b);     \
-    }                                                                                               \
-    fold(sum_dy, partial, n, width);                                                                \
-    fold(sum_dy_xmu, partial + (size_t)n * width, n, width);                                        \
-    free(partial);                                                                                  \
-    return 0;                                                                                       \
+                                 double *restrict sum_dy, double *restrict sum_dy_xmu) {    \
+    COLUMN_SUMS(backward_block_##SUF, sum_dy, sum_dy_xmu, x, dy, mean);                          \
 }                                                                                                   \
                                                                                                     \
 /* dx = a * dy + b * (x - mean) + c */                                                              \
 static int backward_input_##SUF(const T *restrict x, const T *restrict dy, const T *restrict mean, \
                                   const T *restrict a, const T *restrict b, const T *restrict c,    \
                                   T *restrict dx, int64_t rows, int64_t width, int threads) {       \
-    int n = threads_for(rows, threads);                                                            \
-    _Pragma("omp parallel num_threads(n)")                                                          \
-    {                                                                                               \
-        int t = omp_get_thread_num();                                                               \
-        ROW_RANGE(rows, t, omp_get_num_threads());                                                  \
-        for (int64_t i = r0; i < r1; i++) {                                                         \
-            const T *restrict row = x + i * width;                                                  \
-            const T *restrict g = dy + i * width;                                                   \
-            T *restrict o = dx + i * width;                                                         \
-            for (int64_t k = 0; k < width; k++)                                                     \
-                o[k] = a[k] * g[k] + b[k] * (row[k] - mean[k]) + c[k];                              \
-        }                                                                                           \
-    }                                                                                               \
-    return 0;                                                                                       \
+    PARALLEL_ROWS(                                                                                  \
+        const T *restrict row = x + i * width;                                                      \
+        const T *restrict g = dy + i * width;                                                       \
+        T *restrict o = dx + i * width;                                                             \
+        for (int64_t k = 0; k < width; k++) o[k] = a[k] * g[k] + b[k] * (row[k] - mean[k]) + c[k];  \
+    )                                                                                               \
 }                                                                                                   \
                                                                                                     \
 /* The whole training-mode forward of an (M, C) map seen as (rows, width = M·C/rows) rows:       \
