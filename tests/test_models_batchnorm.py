@@ -111,6 +111,17 @@ def test_a_map_split_over_threads_matches_nn_batchnorm(threads):
     torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=0, atol=1e-12)
 
 
+def test_the_backward_takes_the_path_of_its_forward():
+    # A forward with the kernels and a backward inside native_disabled() (or the reverse).
+    ours, theirs = BatchNorm2d(8).double(), nn.BatchNorm2d(8).double()
+    x = channels_last((4, 8, 5, 5)).requires_grad_()
+    y = ours(x)
+    with native_disabled():
+        grads = torch.autograd.grad(y, [x, *ours.parameters()], torch.ones_like(y))
+    for a, b in zip(grads, torch.autograd.grad(theirs(x), [x, *theirs.parameters()], torch.ones_like(y))):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
 def test_gradcheck_of_the_channels_last_path():
     x = channels_last((3, 4, 3, 3)).requires_grad_()
     weight = (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_()

@@ -105,8 +105,8 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         m = n * h * w
         r = _wide_rows(m, c)
         ctx.shape = (n, c, h, w)
-        kernels = batchnorm_kernels()
-        ctx.native = kernels is not None
+        # Kept for the backward: native_disabled() entered between the two must not change paths.
+        ctx.kernels = kernels = batchnorm_kernels()
         if kernels is not None:
             out, mean, invstd = kernels.forward(x, rows=m // r, weight=weight, bias=bias, running_mean=running_mean,
                                                 running_var=running_var, momentum=momentum, eps=eps)
@@ -136,10 +136,10 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         m = n * h * w
         r = _wide_rows(m, c)
         dy = grad_out.contiguous(memory_format=torch.channels_last)
-        if ctx.native:
+        if ctx.kernels is not None:
             x, weight, mean, invstd = ctx.saved_tensors
-            dx, grad_weight, grad_bias = batchnorm_kernels().backward(x, dy, rows=m // r, mean=mean, invstd=invstd,
-                                                                      weight=weight)
+            dx, grad_weight, grad_bias = ctx.kernels.backward(x, dy, rows=m // r, mean=mean, invstd=invstd,
+                                                              weight=weight)
             return dx, grad_weight, grad_bias, None, None, None, None
         x_mu, weight, invstd = ctx.saved_tensors
         dy_rows = _rows(dy, r)
