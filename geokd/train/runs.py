@@ -122,7 +122,13 @@ def git_revision(path: str | Path | None = None) -> str | None:
 
 
 def environment_info() -> dict[str, Any]:
-    """Versions and machine facts recorded beside every run."""
+    """Versions and machine facts recorded beside every run.
+
+    ``geokd_native`` says whether geokd's compiled CPU kernels ran (and why not): they
+    change float rounding, not results, of channels-last CPU training.
+    """
+    from geokd.native import native_status
+
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -130,6 +136,8 @@ def environment_info() -> dict[str, Any]:
         "geokd": geokd.__version__,
         "git_revision": git_revision(),
         "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "geokd_native": native_status(),
         "argv": list(sys.argv),
     }
 
