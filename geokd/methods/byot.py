@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geokd.models.batchnorm import BatchNorm2d
+from geokd.models.layout import batch_in_layout
 
 __all__ = [
     "ExitOutputs",
@@ -457,8 +458,7 @@ def train_self_distillation(
         total, count = 0.0, 0
         for x, y in batches:
             x, y = x.to(device), y.to(device)
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = batch_in_layout(x, channels_last=channels_last)
             value = loss(network(x), y)
             if not torch.isfinite(value):
                 raise ValueError(f"BYOT loss became {float(value)}; lower the learning rate")

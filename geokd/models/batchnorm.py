@@ -63,14 +63,9 @@ def _wide_rows(rows: int, channels: int) -> int:
 
 
 def _rows(t: Tensor, r: int) -> Tensor:
-    """A channels-last (N, C, H, W) map as its (N·H·W / r, r·C) matrix (a view)."""
-    n, c, h, w = t.shape
-    return t.permute(0, 2, 3, 1).reshape(n * h * w // r, r * c)
-
-
-def _output_rows(t: Tensor, r: int) -> Tensor:
-    """:func:`_rows` of a tensor about to be written: always a view (``view`` raises where
-    ``reshape`` would silently copy and the writes would be lost)."""
+    """A channels-last (N, C, H, W) map as its (N·H·W / r, r·C) matrix: always a view
+    (``view`` raises where ``reshape`` would silently copy, and writes into an output's
+    rows would be lost)."""
     n, c, h, w = t.shape
     return t.permute(0, 2, 3, 1).view(n * h * w // r, r * c)
 
@@ -122,7 +117,7 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         # Written through a view into a tensor of its own: an output that is a view may not
         # be modified in place (an in-place ReLU after the batch norm would be refused).
         out = torch.empty_like(x, memory_format=torch.channels_last)
-        torch.addcmul(_per_channel(shift, r), x_mu, _per_channel(scale, r), out=_output_rows(out, r))
+        torch.addcmul(_per_channel(shift, r), x_mu, _per_channel(scale, r), out=_rows(out, r))
         if running_mean is not None:
             running_mean.lerp_(mean, momentum)
             running_var.lerp_(var * (m / (m - 1)), momentum)  # the unbiased variance, as ATen
@@ -151,7 +146,7 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         coef = torch.stack((scale, b, -scale * sum_dy / m))
         coef = coef if r == 1 else coef.repeat(1, r)
         dx = torch.empty(ctx.shape, dtype=grad_out.dtype, memory_format=torch.channels_last)
-        torch.addcmul(coef[2], dy_rows, coef[0], out=_output_rows(dx, r)).addcmul_(x_mu, coef[1])
+        torch.addcmul(coef[2], dy_rows, coef[0], out=_rows(dx, r)).addcmul_(x_mu, coef[1])
         if weight is None:
             return dx, None, None, None, None, None, None
         return dx, sum_dy_xmu * invstd, sum_dy, None, None, None, None

@@ -128,9 +128,12 @@ def library_path(name: str, *, cache: str | os.PathLike | None = None) -> Path:
     NativeUnavailable
         When there is no working C compiler.
     """
+    return _library_path(name, _compiler(), cache)
+
+
+def _library_path(name: str, cc: str, cache) -> Path:
     from geokd.data.cache import cache_root
 
-    cc = _compiler()
     return cache_root(cache) / "native" / f"{name}-{_key((_SOURCES / f'{name}.c').read_bytes(), cc)}.so"
 
 
@@ -153,7 +156,7 @@ def load_library(name: str, *, cache: str | os.PathLike | None = None) -> ctypes
     _check_environment()
     source_path = _SOURCES / f"{name}.c"
     cc = _compiler()
-    target = library_path(name, cache=cache)
+    target = _library_path(name, cc, cache)
     with _lock:
         for attempt in range(2):
             if not target.is_file():

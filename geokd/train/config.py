@@ -50,6 +50,7 @@ __all__ = [
     "apply_overrides",
     "parse_override",
     "resolve_channels_last",
+    "with_resolved_layout",
 ]
 
 
@@ -331,6 +332,20 @@ def resolve_channels_last(run: RunConfig, device) -> bool:
     if run.channels_last is not None:
         return run.channels_last
     return str(device).split(":")[0] == "cpu"
+
+
+def with_resolved_layout(config: TrainConfig, device) -> TrainConfig:
+    """``config`` with ``run.channels_last`` resolved for ``device``: the layout a run
+    trains in and records (the same config trains channels-last on a CPU and
+    channels-first on a GPU).
+
+    Examples
+    --------
+    >>> with_resolved_layout(TrainConfig(), "cpu").run.channels_last
+    True
+    """
+    return dataclasses.replace(config, run=dataclasses.replace(
+        config.run, channels_last=resolve_channels_last(config.run, device)))
 
 
 def validate_config(config: TrainConfig) -> None:

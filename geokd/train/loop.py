@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -42,7 +42,8 @@ from torch import nn
 
 from geokd.errors import ConfigError
 from geokd.models.outputs import ModelOutputs
-from geokd.train.config import TrainConfig, config_to_dict, resolve_channels_last
+from geokd.models.layout import batch_in_layout
+from geokd.train.config import TrainConfig, config_to_dict, with_resolved_layout
 from geokd.train.distributed import DistributedContext
 from geokd.train.runs import RunDir, environment_info, utc_now
 from geokd.train.state import capture_rng, read_state, restore_rng, write_state
@@ -151,8 +152,7 @@ def evaluate(model: nn.Module, batches: Iterable, *, device: torch.device | str 
     try:
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = batch_in_layout(x, channels_last=channels_last)
             with _autocast(device, amp):
                 out = model(x)
             logits = out[0] if isinstance(out, (tuple, list)) else out
@@ -354,8 +354,9 @@ def fit(parts: TrainingParts, config: TrainConfig, *, run_dir: str | Path, devic
 
 
 def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx) -> RunResult:
+    config = with_resolved_layout(config, device)  # recorded in config.json as used
     r = config.run
-    channels_last = resolve_channels_last(r, device)
+    channels_last = r.channels_last
     student = parts.student
     if channels_last:
         student.to(memory_format=torch.channels_last)
@@ -401,10 +402,7 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
         ctx.broadcast_module(term.module)
 
     if ctx.is_main:
-        # The layout it used, not the unset default: the same config trains channels-last on a
-        # CPU and channels-first on a GPU.
-        used = replace(config, run=replace(r, channels_last=channels_last))
-        run.write_json(run.config_path, config_to_dict(used))
+        run.write_json(run.config_path, config_to_dict(config))
         meta = run.read_meta()
         run.write_json(run.meta_path, {
             **meta,
@@ -450,8 +448,7 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
                 batches = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
             for x, y in batches:
                 x, y = ctx.shard(x), ctx.shard(y)
-                if channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = batch_in_layout(x, channels_last=channels_last)
                 steps += 1
                 ce, values, active, logits, was_skipped = stepper.step(x, y, epoch=epoch, step=steps)
                 if was_skipped:

@@ -33,7 +33,7 @@ import copy
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -44,7 +44,8 @@ from torch import nn
 from geokd.errors import ConfigError
 from geokd.losses.kd import kd_loss
 from geokd.train.build import build_parts
-from geokd.train.config import TrainConfig, config_to_dict, resolve_channels_last
+from geokd.models.layout import batch_in_layout
+from geokd.train.config import TrainConfig, config_to_dict, with_resolved_layout
 from geokd.train.distributed import DistributedContext
 from geokd.train.loop import _optimizer, evaluate
 from geokd.train.runs import RunDir, environment_info, utc_now
@@ -197,11 +198,11 @@ def train_mutual(
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"dml: peer: {exc}") from None
     models = (net1, net2)
-    channels_last = resolve_channels_last(resolved.run, device)
+    resolved = with_resolved_layout(resolved, device)
+    channels_last = resolved.run.channels_last
     if channels_last:
         for m in models:
             m.to(memory_format=torch.channels_last)
-    resolved = replace(resolved, run=replace(resolved.run, channels_last=channels_last))
     optimizers = tuple(_optimizer(resolved, [p for p in m.parameters() if p.requires_grad]) for m in models)
     schedulers = [
         torch.optim.lr_scheduler.MultiStepLR(o, milestones=list(resolved.schedule.milestones), gamma=resolved.schedule.gamma)
@@ -270,8 +271,7 @@ def _train_epoch(models, optimizers, batches, temperature, device, *, channels_l
     sums = torch.zeros(6, dtype=torch.float64, device=device)  # ce1, kl1, correct1, ce2, kl2, correct2
     seen = 0
     for x, y in batches:
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = batch_in_layout(x, channels_last=channels_last)
         out = mutual_step(models, optimizers, x, y, temperature=temperature)
         n = y.shape[0]
         seen += n

@@ -12,7 +12,6 @@ and each exit's anytime inference time go to an extra table. Parameters: ``alpha
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 from geokd.methods.systems import System, median_sd, register_system
@@ -27,7 +26,7 @@ def run(config, params: dict, *, run_dir, device, resume, on_epoch_end=None, pro
     from geokd.checkpoints import save_checkpoint
     from geokd.methods.byot import SelfDistillationLoss, SelfDistillationNetwork, evaluate_exits, train_self_distillation
     from geokd.train.build import build_parts
-    from geokd.train.config import config_to_dict, resolve_channels_last
+    from geokd.train.config import config_to_dict, with_resolved_layout
     from geokd.train.distributed import DistributedContext
     from geokd.train.runs import utc_now
     from geokd.train.state import atomic_write_bytes
@@ -38,8 +37,7 @@ def run(config, params: dict, *, run_dir, device, resume, on_epoch_end=None, pro
     example = next(iter(parts.test_batches))[0][:2]
     network = SelfDistillationNetwork(parts.student, example_input=example)
     loss = SelfDistillationLoss(**params)
-    channels_last = resolve_channels_last(resolved.run, device)
-    resolved = dataclasses.replace(resolved, run=dataclasses.replace(resolved.run, channels_last=channels_last))
+    resolved = with_resolved_layout(resolved, device)
     with run.lock():
         start_run(run, {**config_to_dict(resolved), "system": "byot", "params": params}, seed=resolved.run.seed,
                   device=device)
@@ -48,7 +46,7 @@ def run(config, params: dict, *, run_dir, device, resume, on_epoch_end=None, pro
             network, parts.train_batches, epochs=resolved.schedule.epochs, lr=resolved.optim.lr,
             momentum=resolved.optim.momentum, weight_decay=resolved.optim.weight_decay,
             milestones=resolved.schedule.milestones, gamma=resolved.schedule.gamma, loss=loss, device=device,
-            channels_last=channels_last)
+            channels_last=resolved.run.channels_last)
         seconds = time.perf_counter() - t0
         reports = evaluate_exits(network, parts.test_batches, device=device)
         exits = {r.name: {"test_error": 100.0 * (1.0 - r.accuracy),
