@@ -2,7 +2,9 @@
 
 The fused node (:mod:`geokd.losses._gkd_fused`) must give the generic path's loss value
 bit for bit and its gradient to rounding, for every graph variant it takes, and hand the
-others (and out-of-range batches) back to the generic path.
+others (and out-of-range batches) back to the generic path. It is the path off the CPU and
+without geokd's compiled kernels, so these tests run with the kernels disabled
+(``tests/test_losses_native_terms.py`` covers the kernels).
 """
 
 import pytest
@@ -11,6 +13,13 @@ import torch
 from geokd.graphs import GraphSpec, batch_graph
 from geokd.graphs.batch import graph_pair
 from geokd.losses import _gkd_fused, gkd_loss
+from geokd.native import native_disabled
+
+
+@pytest.fixture(autouse=True)
+def aten_path():
+    with native_disabled():
+        yield
 
 
 def generic_loss(student, teacher, spec, labels):

@@ -28,7 +28,7 @@ def kernels(request):
         with native_disabled():
             yield request.param
     else:
-        assert native_status() == {"batchnorm": True, "reason": None}
+        assert native_status() == {"batchnorm": True, "graphs": True, "reason": None}
         yield request.param
 
 

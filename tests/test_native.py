@@ -19,7 +19,7 @@ from geokd.native.build import NativeUnavailable, library_path, load_library, om
 
 def test_kernels_run_here_on_torchs_own_openmp_runtime():
     # The CI machine has a C compiler and torch on GNU OpenMP: the fast path must be on.
-    assert native_status() == {"batchnorm": True, "reason": None}
+    assert native_status() == {"batchnorm": True, "graphs": True, "reason": None}
     # Loading the library must not bring an OpenMP runtime of its own (whose threads would
     # fight ATen's for the cores): in a fresh process, the mapped runtimes are the same
     # before and after. (scikit-learn's own bundled libgomp may be there too; that is its.)
@@ -27,7 +27,7 @@ def test_kernels_run_here_on_torchs_own_openmp_runtime():
         "import json, torch\n"
         "from geokd.native.build import load_library, omp_runtimes\n"
         "before = omp_runtimes()\n"
-        "load_library('batchnorm')\n"
+        "load_library('batchnorm'); load_library('graphs')\n"
         "print(json.dumps([before, omp_runtimes()]))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

@@ -189,7 +189,7 @@ def test_run_directory_records_config_meta_metrics_and_weights(tmp_path):
     assert meta["status"] == "finished" and meta["seed"] == 0
     assert meta["environment"]["torch"] == torch.__version__
     assert {"python", "numpy", "geokd", "git_revision"} <= set(meta["environment"])
-    assert meta["environment"]["geokd_native"] == {"batchnorm": True, "reason": None}  # this CI machine builds them
+    assert meta["environment"]["geokd_native"] == {"batchnorm": True, "graphs": True, "reason": None}  # this CI machine builds them
     metrics = run.read_metrics()
     assert [m["epoch"] for m in metrics] == [1, 2, 3] == [m["epoch"] for m in seen]
     # The multistep schedule (torch's MultiStepLR meaning): milestone 2 = after 2 epochs, lr x 0.1.

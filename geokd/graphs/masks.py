@@ -14,7 +14,7 @@ def knn_mask(a: torch.Tensor, *, k: int, where: str | None = None) -> torch.Tens
 
     Row ``i`` keeps its ``k`` largest off-diagonal entries (a node is never its own
     neighbour); ``K_ij = 1`` if ``j`` is in row ``i``'s top-k or ``i`` in row ``j``'s, i.e.
-    ``min(1, K + K^T)``. Ties are broken by ``torch.topk``. The mask carries no gradient.
+    ``min(1, K + K^T)``. Ties go to the lower column index. The mask carries no gradient.
 
     Parameters
     ----------
@@ -54,7 +54,9 @@ def _knn_mask(a: torch.Tensor, *, k: int) -> torch.Tensor:
     with torch.no_grad():
         eye = torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
         scores = a.detach().masked_fill(eye, float("-inf"))
-        top = torch.topk(scores, k, dim=1).indices
+        # A stable sort, not topk: ties (a row of zeros, a clamped or masked graph) go to
+        # the lower column on every device, as in geokd/native/graphs.c.
+        top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
         mask = torch.zeros_like(a, dtype=a.dtype).scatter_(1, top, 1.0)
         return torch.maximum(mask, mask.T)
 

@@ -19,12 +19,12 @@ from torch import nn
 
 from geokd.graphs._numerics import full_precision, squared_norms_in_range
 from geokd.graphs._validation import (
-    as_layer_list, check_activations, check_labels, check_layer_pair, check_pair_batch,
+    as_layer_list, check_activations, check_k, check_labels, check_layer_pair, check_pair_batch,
 )
 from geokd.graphs.batch import _batch_graph, _graph_pair
 from geokd.graphs.masks import task_mask
 from geokd.graphs.spec import GraphSpec
-from geokd.losses import _gkd_fused
+from geokd.losses import _gkd_fused, _native_terms
 from geokd.losses.registry import register_loss
 from geokd.models.outputs import ModelOutputs
 
@@ -130,11 +130,22 @@ def _total(student, teacher, wheres, *, spec, labels, num_classes, checked: bool
 
 
 def _fused_term(s_flat, t_flat, *, spec, labels, num_classes, where) -> torch.Tensor | None:
-    """The layer's term with the student's side as one autograd node, or ``None`` where
-    that does not apply (other graph variants, half precision, squared norms out of range)."""
-    if not _gkd_fused.supports(spec, s_flat.dtype) or t_flat.dtype != s_flat.dtype:
+    """The layer's term as one autograd node, or ``None`` where that does not apply (other
+    graph variants, half precision, squared norms out of range): on a CPU by geokd's
+    compiled kernels (:mod:`geokd.losses._native_terms`), else with the student's side
+    as one node over ATen operations (:mod:`geokd.losses._gkd_fused`)."""
+    if t_flat.dtype != s_flat.dtype or not (_native_terms.supports_gkd(spec)
+                                            or _gkd_fused.supports(spec, s_flat.dtype)):
         return None
     check_pair_batch(s_flat, t_flat, where=where)
+    if spec.k is not None:
+        check_k(spec.k, s_flat.shape[0], where=f"{where} (teacher)")
+    if spec.task != "all":
+        labels = check_labels(labels, s_flat.shape[0], num_classes=num_classes, device=s_flat.device,
+                              where=f"{where} (teacher)")
+    term = _native_terms.gkd_term(s_flat, t_flat, spec=spec, labels=labels)
+    if term is not None or not _gkd_fused.supports(spec, s_flat.dtype):
+        return term
     with torch.no_grad():
         teacher = _batch_graph(t_flat.detach(), spec=spec, labels=labels, mask=None, num_classes=num_classes,
                                where=f"{where} (teacher)", checked=False)

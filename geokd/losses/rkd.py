@@ -29,6 +29,7 @@ from torch import nn
 from geokd.graphs._validation import as_layer_list, check_activations, check_layer_pair, check_pair_batch
 from geokd.graphs._numerics import full_precision, pow2_scale, working
 from geokd.graphs.kernels import _normalized_distances
+from geokd.losses import _native_terms
 from geokd.losses.registry import register_loss
 from geokd.models.outputs import ModelOutputs
 
@@ -102,6 +103,11 @@ def _distance_loss(student_feats, teacher_feats, *, include_diagonal: bool, fini
     squared norms do not."""
     terms, norms_finite = [], []
     for s_flat, t_flat in _layer_pairs(student_feats, teacher_feats, finite=finite):
+        # On a CPU, geokd's compiled kernels take the whole layer (None: out of their range).
+        term = _native_terms.rkd_term(s_flat, t_flat, include_diagonal=include_diagonal)
+        if term is not None:  # they checked that every squared norm is finite
+            terms.append(term)
+            continue
         with torch.no_grad():
             psi_t, t_sq = _normalized_distances(t_flat)
         psi_s, s_sq = _normalized_distances(s_flat)
@@ -112,7 +118,8 @@ def _distance_loss(student_feats, teacher_feats, *, include_diagonal: bool, fini
         # selection (a nonzero pass, a gather and its scatter in the backward).
         total = F.smooth_l1_loss(psi_s, psi_t, beta=1.0, reduction="sum")
         terms.append(total / (b * b if include_diagonal else b * (b - 1)))
-    return torch.stack(terms).mean(), torch.stack(norms_finite).all()
+    finite_norms = torch.stack(norms_finite).all() if norms_finite else torch.tensor(True)
+    return torch.stack(terms).mean(), finite_norms
 
 
 def rkd_angle_loss(student_feats: Sequence[torch.Tensor] | torch.Tensor,
