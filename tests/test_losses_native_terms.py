@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from geokd.graphs import GraphSpec, knn_mask
-from geokd.graphs.batch import graph_pair
 from geokd.graphs.kernels import normalized_distances
 from geokd.losses import _native_terms, gkd_loss, rkd_distance_loss
 from geokd.native import graph_kernels, native_disabled
+from tests.test_losses_gkd_fused import generic_loss  # GKD by the public builders, autograd throughout
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +29,6 @@ def kernels():
 def rows(seed, b, f, *, dtype=torch.float64, shift=0.0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, f, generator=g, dtype=dtype) - shift
-
-
-def generic_gkd(student, teacher, spec, labels):
-    """GKD through the public graph builders, autograd through every operation."""
-    total = 0
-    for s, t in zip(student, teacher):
-        a_s, a_t = graph_pair(s, t, spec=spec, labels=labels)
-        total = total + (a_t - a_s).pow(2).sum()
-    return total / len(student)
 
 
 def generic_rkd(student, teacher, *, include_diagonal=False):
@@ -101,7 +92,7 @@ def test_gkd_kernel_matches_the_generic_builders_in_float64(kernels, spec, negat
     term = _native_terms.gkd_term(s[1], t[1], spec=spec, labels=labels)
     assert term is not None and type(term.grad_fn).__name__ == "_LayerTermBackward"
     got = gkd_loss(s, t, labels, spec=spec)
-    want = generic_gkd(s, t, spec, labels)
+    want = generic_loss(s, t, spec, labels)
     torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-13)
     for g_got, g_want in zip(torch.autograd.grad(got, s), torch.autograd.grad(want, s)):
         torch.testing.assert_close(g_got, g_want, rtol=1e-9, atol=1e-12)
@@ -126,7 +117,7 @@ def test_gkd_kernel_on_the_wrn_sensing_points_in_float32(kernels):
     t64 = [x.double() for x in t]
     for spec in (GraphSpec(), GraphSpec(k=10)):
         got = gkd_loss(s, t, spec=spec)
-        want = generic_gkd(s64, t64, spec, None)
+        want = generic_loss(s64, t64, spec, None)
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=0)
         for g_got, g_want in zip(torch.autograd.grad(got, s), torch.autograd.grad(want, s64)):
             torch.testing.assert_close(g_got.double(), g_want, rtol=1e-4, atol=1e-5 * float(g_want.abs().max()))
@@ -156,7 +147,7 @@ def test_ties_go_to_the_lower_index_in_the_kernel_and_the_builders(kernels):
     same = [x[:1].expand_as(x).contiguous() for x in t]
     for spec in (GraphSpec(k=3), GraphSpec(k=6, task="inter", normalization="rw")):
         got = gkd_loss(s, same, labels, spec=spec)
-        torch.testing.assert_close(got, generic_gkd(s, same, spec, labels), rtol=1e-12, atol=0)
+        torch.testing.assert_close(got, generic_loss(s, same, spec, labels), rtol=1e-12, atol=0)
 
 
 def test_out_of_range_norms_go_to_the_rescaling_generic_path(kernels):
