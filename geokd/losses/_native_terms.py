@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import torch
 
+from geokd.graphs.kernels import gram
 from geokd.graphs.spec import GraphSpec
 from geokd.native import graph_kernels
+from geokd.native._bind import KERNEL_DTYPES
 from geokd.native.graphs import MAX_GRAM_ROWS
 
-__all__ = ["gkd_term", "rkd_term", "supports_gkd"]
+__all__ = ["gkd_term", "kernels_for", "rkd_term", "supports_gkd"]
 
-_DTYPES = (torch.float32, torch.float64)
 #: Below this many features, ATen's general product is faster than the kernel's setup.
 MIN_KERNEL_FEATURES = 512
 
@@ -44,20 +45,19 @@ def supports_gkd(spec: GraphSpec) -> bool:
     return spec.kernel == "cosine" and not spec.clamp_negative and not spec.renormalize and spec.power == 1
 
 
-def _kernels_for(s_flat: torch.Tensor, t_flat: torch.Tensor):
-    if s_flat.device.type != "cpu" or s_flat.dtype not in _DTYPES or t_flat.dtype != s_flat.dtype:
+def kernels_for(s_flat: torch.Tensor, t_flat: torch.Tensor):
+    """The graph kernels if they take these rows (on a CPU, float32/float64, one dtype for
+    both), else ``None``."""
+    if s_flat.device.type != "cpu" or s_flat.dtype not in KERNEL_DTYPES or t_flat.dtype != s_flat.dtype:
         return None
     return graph_kernels()
 
 
 def _gram(kernels, x: torch.Tensor) -> torch.Tensor:
     """Exactly symmetric ``X X^T`` of detached rows, by the kernel where it is faster."""
-    if x.stride(1) != 1:
-        x = x.contiguous()
     if x.shape[1] < MIN_KERNEL_FEATURES or x.shape[0] > MAX_GRAM_ROWS:
-        g = x @ x.T
-        return 0.5 * (g + g.T)
-    return kernels.gram(x)
+        return gram(x)
+    return kernels.gram(x if x.stride(1) == 1 else x.contiguous())
 
 
 class _LayerTerm(torch.autograd.Function):
@@ -80,7 +80,7 @@ def gkd_term(s_flat: torch.Tensor, t_flat: torch.Tensor, *, spec: GraphSpec,
     """``Σ_ij (A_T - A_S)_ij^2`` of one layer's flat ``(B, F)`` rows (student
     differentiable), or ``None`` where the kernels do not apply. ``labels`` must already
     be validated when ``spec.task != "all"``."""
-    kernels = _kernels_for(s_flat, t_flat)
+    kernels = kernels_for(s_flat, t_flat)
     if kernels is None or not supports_gkd(spec):
         return None
     with torch.no_grad():
@@ -95,7 +95,7 @@ def gkd_term(s_flat: torch.Tensor, t_flat: torch.Tensor, *, spec: GraphSpec,
 def rkd_term(s_flat: torch.Tensor, t_flat: torch.Tensor, *, include_diagonal: bool) -> torch.Tensor | None:
     """The RKD-D term of one layer's flat ``(B, F)`` rows (the Huber loss of the normalized
     distances, averaged), or ``None`` where the kernels do not apply."""
-    kernels = _kernels_for(s_flat, t_flat)
+    kernels = kernels_for(s_flat, t_flat)
     if kernels is None:
         return None
     with torch.no_grad():

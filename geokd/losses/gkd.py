@@ -134,18 +134,21 @@ def _fused_term(s_flat, t_flat, *, spec, labels, num_classes, where) -> torch.Te
     graph variants, half precision, squared norms out of range): on a CPU by geokd's
     compiled kernels (:mod:`geokd.losses._native_terms`), else with the student's side
     as one node over ATen operations (:mod:`geokd.losses._gkd_fused`)."""
-    if t_flat.dtype != s_flat.dtype or not (_native_terms.supports_gkd(spec)
-                                            or _gkd_fused.supports(spec, s_flat.dtype)):
+    if _native_terms.supports_gkd(spec) and _native_terms.kernels_for(s_flat, t_flat) is not None:
+        check_pair_batch(s_flat, t_flat, where=where)
+        # The kernels take k and labels as they come; the ATen path below has them
+        # checked by the graph builders (once: on a GPU each label check is a sync).
+        if spec.k is not None:
+            check_k(spec.k, s_flat.shape[0], where=f"{where} (teacher)")
+        if spec.task != "all":
+            labels = check_labels(labels, s_flat.shape[0], num_classes=num_classes, device=s_flat.device,
+                                  where=f"{where} (teacher)")
+        term = _native_terms.gkd_term(s_flat, t_flat, spec=spec, labels=labels)
+        if term is not None:
+            return term
+    if not _gkd_fused.supports(spec, s_flat.dtype) or t_flat.dtype != s_flat.dtype:
         return None
     check_pair_batch(s_flat, t_flat, where=where)
-    if spec.k is not None:
-        check_k(spec.k, s_flat.shape[0], where=f"{where} (teacher)")
-    if spec.task != "all":
-        labels = check_labels(labels, s_flat.shape[0], num_classes=num_classes, device=s_flat.device,
-                              where=f"{where} (teacher)")
-    term = _native_terms.gkd_term(s_flat, t_flat, spec=spec, labels=labels)
-    if term is not None or not _gkd_fused.supports(spec, s_flat.dtype):
-        return term
     with torch.no_grad():
         teacher = _batch_graph(t_flat.detach(), spec=spec, labels=labels, mask=None, num_classes=num_classes,
                                where=f"{where} (teacher)", checked=False)

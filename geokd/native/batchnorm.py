@@ -13,9 +13,10 @@ import ctypes
 import torch
 from torch import Tensor
 
+from geokd.native._bind import KERNEL_DTYPES, bind_by_dtype
+
 __all__ = ["BatchNormKernels"]
 
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _P, _I64, _INT, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
 _SIGNATURES = {
     # x, out, rows, width, channels, weight, bias, running_mean, running_var, momentum, eps, threads, mean, invstd
@@ -30,7 +31,7 @@ def _ptr(t: Tensor | None) -> int | None:
 
 
 def _check_map(x: Tensor, name: str) -> None:
-    if (x.device.type != "cpu" or x.dtype not in _SUFFIX or x.dim() != 4
+    if (x.device.type != "cpu" or x.dtype not in KERNEL_DTYPES or x.dim() != 4
             or not x.is_contiguous(memory_format=torch.channels_last)):
         raise ValueError(f"batch norm kernel: expected {name} as a channels-last float32/float64 CPU map, "
                          f"got {x.dtype} {tuple(x.shape)} on {x.device}, strides {x.stride()}")
@@ -53,12 +54,7 @@ class BatchNormKernels:
     """
 
     def __init__(self, library: ctypes.CDLL):
-        self._fns = {}
-        for name, argtypes in _SIGNATURES.items():
-            for dtype, suffix in _SUFFIX.items():
-                fn = getattr(library, f"geokd_bn_{name}_{suffix}")
-                fn.argtypes, fn.restype = argtypes, ctypes.c_int
-                self._fns[name, dtype] = fn
+        self._fns = bind_by_dtype(library, prefix="bn_", signatures=_SIGNATURES)
 
     def _call(self, name: str, dtype: torch.dtype, *args) -> None:
         if self._fns[name, dtype](*args) != 0:

@@ -12,9 +12,10 @@ import ctypes
 import torch
 from torch import Tensor
 
+from geokd.native._bind import KERNEL_DTYPES, bind_by_dtype
+
 __all__ = ["GraphKernels", "NORMALIZATIONS", "TASKS"]
 
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 #: The codes graphs.c uses for the normalization and the class-relation task.
 NORMALIZATIONS = {"none": 0, "sym": 1, "rw": 2}
 TASKS = {"all": 0, "intra": 1, "inter": 2}
@@ -29,7 +30,7 @@ MAX_GRAM_ROWS = 1024
 
 
 def _check_rows(x: Tensor) -> None:
-    if (x.device.type != "cpu" or x.dtype not in _SUFFIX or x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 1
+    if (x.device.type != "cpu" or x.dtype not in KERNEL_DTYPES or x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 1
             or x.stride(1) != 1 or x.stride(0) < x.shape[1]):
         raise ValueError(f"graph kernel: expected (B, F) float32/float64 CPU rows with unit feature stride, "
                          f"got {x.dtype} {tuple(x.shape)} on {x.device}, strides {x.stride()}")
@@ -38,7 +39,7 @@ def _check_rows(x: Tensor) -> None:
 def _check_grams(gram_t: Tensor, gram_s: Tensor) -> int:
     b = gram_s.shape[0] if gram_s.dim() == 2 else -1
     for g, name in ((gram_t, "gram_t"), (gram_s, "gram_s")):
-        if (g.device.type != "cpu" or g.dtype != gram_s.dtype or g.dtype not in _SUFFIX
+        if (g.device.type != "cpu" or g.dtype != gram_s.dtype or g.dtype not in KERNEL_DTYPES
                 or tuple(g.shape) != (b, b) or b < 2 or not g.is_contiguous()):
             raise ValueError(f"graph kernel: expected {name} as a contiguous ({b}, {b}) float32/float64 CPU "
                              f"matrix like gram_s (B >= 2), got {g.dtype} {tuple(g.shape)} on {g.device}")
@@ -55,12 +56,7 @@ class GraphKernels:
     """
 
     def __init__(self, library: ctypes.CDLL):
-        self._fns = {}
-        for name, argtypes in _SIGNATURES.items():
-            for dtype, suffix in _SUFFIX.items():
-                fn = getattr(library, f"geokd_{name}_{suffix}")
-                fn.argtypes, fn.restype = argtypes, ctypes.c_int
-                self._fns[name, dtype] = fn
+        self._fns = bind_by_dtype(library, prefix="", signatures=_SIGNATURES)
 
     def _call(self, name: str, dtype: torch.dtype, *args) -> int:
         status = self._fns[name, dtype](*args)
