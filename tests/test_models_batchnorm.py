@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geokd.models import build_model
-from geokd.models.batchnorm import _GRAM_CHANNELS, BatchNorm2d, _ChannelsLastBatchNorm
+from geokd.models.batchnorm import _WIDE_ROW, BatchNorm2d, _ChannelsLastBatchNorm
 from geokd.native import native_disabled, native_status
 
 CL = torch.channels_last
@@ -41,9 +41,8 @@ def path_of(y: torch.Tensor) -> str:
     return y.grad_fn.name()
 
 
-# Narrow maps in wide views (rows of r·C = 64), odd widths, and both kinds of dot product
-# (to and above _GRAM_CHANNELS).
-WIDTHS = [2, 3, 8, 15, 16, 33, _GRAM_CHANNELS + 1]
+# Narrow maps in wide views (rows of r·C = 64), odd widths, and maps wider than one view row.
+WIDTHS = [2, 3, 8, 15, 16, 33, _WIDE_ROW + 1]
 
 
 @pytest.mark.parametrize("channels, affine, track, momentum",

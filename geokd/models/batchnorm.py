@@ -47,8 +47,6 @@ from torch.autograd.function import once_differentiable
 
 from geokd.native import batchnorm_kernels
 
-# Up to this many channels the per-channel dot products are one C×C matrix product.
-_GRAM_CHANNELS = 64
 # Row width, in elements, of the views the per-channel sums and the update run on: a
 # narrow (M, C) matrix is summed and scaled as (M / r, r·C), whose rows fill whole vectors.
 _WIDE_ROW = 64
@@ -79,11 +77,11 @@ def _per_channel(v: Tensor, r: int) -> Tensor:
 
 
 def _channel_dots(a: Tensor, b: Tensor, c: int) -> Tensor:
-    if c <= _GRAM_CHANNELS:
-        # The C×C product reads both maps once and writes nothing of their size; at C = 8
-        # the elementwise product then sum is 1.3x slower.
-        return torch.mm(a.view(-1, c).t(), b.view(-1, c)).diagonal()
-    return _channel_sums(a * b, c)  # C² work would dominate
+    # An elementwise product and ATen's cascade sum, not the C×C product ``a^T b``: how
+    # accurate a BLAS product is over M = N·H·W rows depends on its vendor's kernel (MKL on
+    # an AMD EPYC summed them in one float32 chain: relative error 2.5e-5 at 8 × 32 × 32,
+    # batch 128, against 9e-8 here), and on that CPU the sum was also 1.3-4x faster.
+    return _channel_sums(a * b, c)
 
 
 class _ChannelsLastBatchNorm(torch.autograd.Function):
