@@ -69,6 +69,56 @@ def test_gram_is_the_same_product_with_one_or_two_threads(kernels, threads):
     torch.testing.assert_close(got.double(), x.double() @ x.double().T, rtol=1e-6, atol=0)
 
 
+# ------------------------------------------------------------------ the student's gradient, alpha S X
+
+# Rows: whole and partial 12-row blocks; columns: whole 256-column panels, a partial panel,
+# a partial 32-column slab, fewer columns than one slab.
+@pytest.mark.parametrize("b, f", [(128, 8192), (128, 4096 + 40), (13, 700), (2, 5), (131, 513), (1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scaled_product_matches_float64_matmul(kernels, b, f, dtype):
+    x = rows(b + f, b, f + 3, dtype=dtype, shift=0.5)[:, :f]  # a row stride longer than the row
+    s = rows(b, b, b, dtype=dtype, shift=0.5)
+    got = kernels.scaled_product(s, x, alpha=-2.5)
+    want = -2.5 * (s.double() @ x.double())
+    # A sum of b products in the rows' dtype: within b ulps of the sum of magnitudes.
+    bound = 2.5 * (s.double().abs() @ x.double().abs()) * b * torch.finfo(dtype).eps
+    assert got.dtype == dtype and bool(((got.double() - want).abs() <= bound).all())
+
+
+def test_scaled_product_is_the_same_with_one_or_two_threads(kernels):
+    x, s = rows(5, 128, 8192 + 96, dtype=torch.float32), rows(6, 128, 128, dtype=torch.float32)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(kernels.scaled_product(s, x, alpha=0.3))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0], results[1])
+
+
+def test_scaled_product_refuses_a_mismatched_matrix(kernels):
+    x = rows(0, 6, 600)
+    for s in (rows(1, 5, 5), rows(1, 6, 6).float(), rows(1, 6, 12)[:, ::2]):
+        with pytest.raises(ValueError, match="graph kernel: expected s as a contiguous"):
+            kernels.scaled_product(s, x)
+
+
+def test_layer_term_backward_through_the_kernel_equals_the_differentiable_one(kernels):
+    # The kernel's backward runs unless a graph of the backward is asked for (create_graph),
+    # which needs ATen's differentiable product: both give the same gradient, and only the
+    # second can be differentiated again.
+    s, t, _ = gkd_batch(4, negative=True)
+    term = _native_terms.gkd_term(s[1], t[1], spec=GraphSpec(), labels=None)
+    (fast,) = torch.autograd.grad(3.0 * term, s[1], retain_graph=True)
+    (slow,) = torch.autograd.grad(3.0 * term, s[1], create_graph=True)
+    assert not fast.requires_grad and slow.requires_grad
+    torch.testing.assert_close(fast, slow, rtol=1e-13, atol=0)
+    (second,) = torch.autograd.grad(slow.sum(), s[1])
+    assert torch.isfinite(second).all()
+
+
 # ------------------------------------------------------------------ GKD
 
 SPECS = [GraphSpec(normalization=n, k=k, task=task)

@@ -11,6 +11,8 @@
  * in double precision; the blocks are split over OpenMP threads (torch's own libgomp),
  * each with its own partial Gram, added in thread order (no dependence on scheduling).
  *
+ * Scaled product: alpha S X for the student's gradient (see its section below).
+ *
  * Layer terms: everything after the Gram products, on (B, B) matrices in double precision:
  * the teacher's graph (and its k-NN mask), the student's, the squared (GKD) or Huber
  * (RKD-D) residual, and the backward pass to S = dL/dG_s + (dL/dG_s)^T, from which the
@@ -54,6 +56,20 @@ static void *thread_scratch(size_t bytes) {
         capacity = want;
     }
     return buffer;
+}
+
+/* Prefetches (to L2) part of the next panel of rows while the current one is computed:
+ * lines [*issued, *issued + per_step) of `rows` row segments of `line_count` cache lines
+ * each, the segment of row r starting at base + r * row_bytes. In the scaled product the
+ * rows come from memory (the student's features, written long before the backward); its
+ * 128 KB panels leave room in L2 for the next one (4% faster on cold 128 x 8,192 rows).
+ * The Gram's 520 KB blocks do not: prefetching there evicted the packed block. */
+INLINE void prefetch_rows(const char *base, int64_t row_bytes, int64_t line_count, int64_t rows,
+                          int64_t per_step, int64_t *issued) {
+    int64_t end = *issued + per_step, total = rows * line_count;
+    for (int64_t at = *issued; at < end && at < total; at++)
+        __builtin_prefetch(base + (at / line_count) * row_bytes + (at % line_count) * 64, 0, 2);
+    *issued = end;
 }
 
 /* ---------------------------------------------------------------- Gram product ---- */
@@ -161,6 +177,119 @@ INLINE double hsum_f64(double __attribute__((vector_size(64))) v) {
 
 DEFINE_GRAM(float, f32, 16)
 DEFINE_GRAM(double, f64, 8)
+
+/* ------------------------------------------------- the student's gradient ---- */
+
+/* out = alpha S X for a (B, B) matrix S and (B, F) rows X: a layer term's gradient with
+ * respect to the student's rows, from S = dL/dG + dL/dG^T. A register-blocked product:
+ * S is packed once, scaled by alpha, into blocks of MR rows (column k of a block is MR
+ * consecutive values); X goes in panels of NR_PANEL columns, packed as slabs of NR
+ * columns (B x NR contiguous: 16 KB in float32 at B = 128, inside the L1 cache, where
+ * the rows of X lie a whole row stride apart and would fall into the same cache sets);
+ * each (MR, NR) block of the output is MR x 2 vector accumulators updated by one
+ * broadcast of S and two vectors of X per k. The panels are split over OpenMP threads;
+ * each output value is one sum over k in order, whatever the thread count. */
+#ifndef MR
+#define MR 12     /* 24 accumulators + 2 row vectors + 1 broadcast of the 32 registers */
+#endif
+#define NR_PANEL 256  /* columns per packed panel: B x 1 KB rows, read as whole cache lines */
+
+#define DEFINE_SCALED_PRODUCT(T, SUF, VL)                                                           \
+    int geokd_scaled_product_##SUF(const T *s, const T *x, int64_t b, int64_t f, int64_t ldx,      \
+                                   double alpha, T *out, int64_t ldo, int threads) {                \
+        enum { NR = 2 * VL };                                                                      \
+        int64_t blocks = (b + MR - 1) / MR, panels = (f + NR_PANEL - 1) / NR_PANEL;                \
+        T *sp = thread_scratch((size_t)blocks * MR * b * sizeof(T));                               \
+        if (!sp) return -1;                                                                        \
+        for (int64_t blk = 0; blk < blocks; blk++)                                                 \
+            for (int64_t k = 0; k < b; k++)                                                        \
+                for (int r = 0; r < MR; r++) {                                                     \
+                    int64_t i = blk * MR + r;                                                      \
+                    sp[(blk * b + k) * MR + r] = i < b ? (T)(alpha * s[i * b + k]) : (T)0;         \
+                }                                                                                  \
+        int nt = threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads);                \
+        while (nt > 1 && panels < nt) nt--; /* a panel is B x 256 x 2 FMAs: worth a thread */      \
+        int failed = 0;                                                                            \
+        _Pragma("omp parallel num_threads(nt)")                                                    \
+        {                                                                                          \
+            int t = omp_get_thread_num(), n = omp_get_num_threads();                               \
+            /* The calling thread's thread_scratch holds sp: the panels get a buffer of their */  \
+            /* own per thread (grown as thread_scratch, never freed). */                           \
+            static __thread T *panel_buf = NULL;                                                   \
+            static __thread size_t panel_cap = 0;                                                  \
+            size_t want = (size_t)b * NR_PANEL * sizeof(T);                                        \
+            if (want > panel_cap) {                                                                \
+                T *fresh = aligned_alloc(64, (want + 4095) / 4096 * 4096);                         \
+                if (fresh) {                                                                       \
+                    free(panel_buf);                                                               \
+                    panel_buf = fresh;                                                             \
+                    panel_cap = (want + 4095) / 4096 * 4096;                                       \
+                }                                                                                  \
+            }                                                                                      \
+            if (want > panel_cap) {                                                                \
+                _Pragma("omp atomic write") failed = 1;                                            \
+            } else {                                                                               \
+                T *xp = panel_buf;                                                                 \
+                int64_t last = panels * (t + 1) / n;                                               \
+                for (int64_t pn = panels * t / n; pn < last; pn++) {                               \
+                    int64_t c0 = pn * NR_PANEL, width = f - c0 < NR_PANEL ? f - c0 : NR_PANEL;      \
+                    int64_t slabs = (width + NR - 1) / NR;                                         \
+                    int64_t next_width = pn + 1 < last ? (f - c0 - NR_PANEL < NR_PANEL ? f - c0 - NR_PANEL : NR_PANEL) : 0; \
+                    int64_t lines = (next_width * (int64_t)sizeof(T) + 63) / 64, issued = 0;       \
+                    int64_t per_block = (b * lines + slabs * blocks - 1) / (slabs * blocks);       \
+                    /* slab q of the panel: xp[(q * b + k) * NR + c] = x[k, c0 + q * NR + c] */    \
+                    for (int64_t k = 0; k < b; k++) {                                              \
+                        const T *src = x + k * ldx + c0;                                           \
+                        for (int64_t q = 0; q < slabs; q++) {                                      \
+                            T *dst = xp + (q * b + k) * NR;                                        \
+                            if ((q + 1) * NR <= width) {                                           \
+                                *(vec_##SUF *)dst = *(const uvec_##SUF *)(src + q * NR);           \
+                                *(vec_##SUF *)(dst + VL) = *(const uvec_##SUF *)(src + q * NR + VL); \
+                            } else {                                                               \
+                                for (int c = 0; c < NR; c++)                                       \
+                                    dst[c] = q * NR + c < width ? src[q * NR + c] : (T)0;          \
+                            }                                                                      \
+                        }                                                                          \
+                    }                                                                              \
+                    for (int64_t q = 0; q < slabs; q++) {                                          \
+                        const T *slab = xp + q * b * NR;                                           \
+                        int64_t col = c0 + q * NR, cols = f - col < NR ? f - col : NR;             \
+                        for (int64_t blk = 0; blk < blocks; blk++) {                               \
+                            const T *a = sp + blk * b * MR;                                        \
+                            vec_##SUF acc[MR][2];                                                  \
+                            for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = (vec_##SUF){0};   \
+                            for (int64_t k = 0; k < b; k++) {                                      \
+                                vec_##SUF x0 = *(const vec_##SUF *)(slab + k * NR);                \
+                                vec_##SUF x1 = *(const vec_##SUF *)(slab + k * NR + VL);           \
+                                _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++) {            \
+                                    T v = a[k * MR + r];                                           \
+                                    acc[r][0] += x0 * v;                                           \
+                                    acc[r][1] += x1 * v;                                           \
+                                }                                                                  \
+                            }                                                                      \
+                            for (int r = 0; r < MR && blk * MR + r < b; r++) {                     \
+                                T *dst = out + (blk * MR + r) * ldo + col;                         \
+                                if (cols == NR) {                                                  \
+                                    *(uvec_##SUF *)dst = acc[r][0];                                \
+                                    *(uvec_##SUF *)(dst + VL) = acc[r][1];                         \
+                                } else {                                                           \
+                                    for (int c = 0; c < cols; c++)                                 \
+                                        dst[c] = c < VL ? acc[r][0][c] : acc[r][1][c - VL];        \
+                                }                                                                  \
+                            }                                                                      \
+                            if (next_width > 0)                                                    \
+                                prefetch_rows((const char *)(x + c0 + NR_PANEL), ldx * (int64_t)sizeof(T), \
+                                              lines, b, per_block, &issued);                       \
+                        }                                                                          \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        return failed ? -1 : 0;                                                                    \
+    }
+
+DEFINE_SCALED_PRODUCT(float, f32, 16)
+DEFINE_SCALED_PRODUCT(double, f64, 8)
 
 /* ------------------------------------------------------------- layer terms ---- */
 

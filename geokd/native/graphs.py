@@ -1,5 +1,6 @@
-"""ctypes bindings of ``graphs.c``: the symmetric Gram product and the ``(B, B)`` part of one
-GKD or RKD-D layer term (value, and its gradient with respect to the student's Gram).
+"""ctypes bindings of ``graphs.c``: the symmetric Gram product, the ``(B, B)`` part of one
+GKD or RKD-D layer term (value, and its gradient with respect to the student's Gram), and
+the product ``alpha S X`` that turns the latter into the student's gradient.
 
 The callers are :mod:`geokd.losses.gkd` and :mod:`geokd.losses.rkd`; the checks here keep
 the C code in bounds, they do not replace the losses' own validation.
@@ -24,6 +25,8 @@ _SIGNATURES = {
     "gram": [_P, _I64, _I64, _I64, _P, _INT],  # x, b, f, row stride, out, threads
     "gkd_layer": [_P, _P, _I64, _INT, _P, _INT, _I64, _P, _P],  # gram_t, gram_s, b, norm, labels, task, k, loss, s
     "rkd_layer": [_P, _P, _I64, _INT, _P, _P],  # gram_t, gram_s, b, include_diagonal, loss, s
+    # s, x, b, f, x's row stride, alpha, out, out's row stride, threads
+    "scaled_product": [_P, _P, _I64, _I64, _I64, ctypes.c_double, _P, _I64, _INT],
 }
 #: Above this batch, the Gram kernel's per-thread tile sums (~B^2 doubles) are not worth it.
 MAX_GRAM_ROWS = 1024
@@ -71,6 +74,20 @@ class GraphKernels:
         b, f = x.shape
         out = torch.empty(b, b, dtype=x.dtype)
         self._call("gram", x.dtype, x.data_ptr(), b, f, x.stride(0), out.data_ptr(), torch.get_num_threads())
+        return out
+
+    def scaled_product(self, s: Tensor, x: Tensor, *, alpha: float = 1.0) -> Tensor:
+        """``alpha * s @ x`` of a contiguous ``(B, B)`` matrix and ``(B, F)`` rows (any row
+        stride): each value one float32 (float64 rows: float64) sum over ``B`` in order,
+        ``alpha`` applied to ``s`` in float64 first; the same with any thread count."""
+        _check_rows(x)
+        b, f = x.shape
+        if s.device.type != "cpu" or s.dtype != x.dtype or tuple(s.shape) != (b, b) or not s.is_contiguous():
+            raise ValueError(f"graph kernel: expected s as a contiguous ({b}, {b}) {x.dtype} CPU matrix, "
+                             f"got {s.dtype} {tuple(s.shape)} on {s.device}")
+        out = torch.empty(b, f, dtype=x.dtype)
+        self._call("scaled_product", x.dtype, s.data_ptr(), x.data_ptr(), b, f, x.stride(0), float(alpha),
+                   out.data_ptr(), f, torch.get_num_threads())
         return out
 
     def gkd_layer(self, gram_t: Tensor, gram_s: Tensor, *, normalization: str, labels: Tensor | None,
