@@ -35,7 +35,10 @@ from geokd.native.graphs import MAX_GRAM_ROWS
 
 __all__ = ["gkd_term", "kernels_for", "rkd_term", "supports_gkd"]
 
-#: Below this many features, ATen's general product is faster than the kernel's setup.
+#: Below this many features, ATen's product for the student's gradient is faster than the
+#: kernel's (which then runs on one thread). The Gram kernel is used at every width: in a
+#: training step it took the pooled layers' (128 x 64 and x 32) in 0.06 and 0.05 ms,
+#: against 0.13 and 0.07 ms for ATen's product and its symmetrization.
 MIN_KERNEL_FEATURES = 512
 
 
@@ -54,8 +57,8 @@ def kernels_for(s_flat: torch.Tensor, t_flat: torch.Tensor):
 
 
 def _gram(kernels, x: torch.Tensor) -> torch.Tensor:
-    """Exactly symmetric ``X X^T`` of detached rows, by the kernel where it is faster."""
-    if x.shape[1] < MIN_KERNEL_FEATURES or x.shape[0] > MAX_GRAM_ROWS:
+    """Exactly symmetric ``X X^T`` of detached rows, by the kernel up to its batch limit."""
+    if x.shape[0] > MAX_GRAM_ROWS:
         return gram(x)
     return kernels.gram(x if x.stride(1) == 1 else x.contiguous())
 
