@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str] | None]] = {
     "bench_matmul_peak": ([], ["--quick"]),
     "bench_distill_step": ([], ["--quick"]),
     "bench_gkd_loss": (["--step"], ["--repeat", "2"]),
+    "bench_graph_kernels": ([], ["--quick"]),
     "bench_input_pipeline": ([], ["--repeats", "1"]),
     "bench_throughput": ([], ["--quick"]),
     "bench_training_step": ([], ["--epochs", "2"]),
