@@ -38,6 +38,15 @@
 #ifndef KC
 #define KC 1024   /* features per block: a panel is 5 x 4 KB (float32) */
 #endif
+/* The Gram's packing prefetches the block of the row this many rows ahead: each row's
+ * block is one 4 KB page, where the hardware prefetchers stop, so rows read from memory
+ * (features written long before, as in a training step) would each start with a run of
+ * cache misses. Measured on the AMD EPYC VM, 2 threads, 128 x 16,384 / 8,192 / 4,096
+ * rows from memory: 1.69 / 0.86 / 0.50 ms against 1.85 / 0.95 / 0.56 ms without (rows in
+ * cache: 2-5% slower); 4, 8 or 16 rows ahead were no better. */
+#ifndef PACK_AHEAD
+#define PACK_AHEAD 2
+#endif
 /* Below this many features per thread, the fork/join costs more than the work it splits. */
 #define FEATURES_PER_THREAD 1024
 #define INLINE static inline __attribute__((always_inline))
@@ -102,6 +111,9 @@ INLINE double hsum_f64(double __attribute__((vector_size(64))) v) {
                 T *dst = buf + (p * nv * PANEL + r) * VL;                                          \
                 const T *src = i < b ? x + i * ld + k0 : x;                                        \
                 int64_t left = f - k0;                                                             \
+                if (i + PACK_AHEAD < b)                                                            \
+                    for (int64_t at = 0; at < nv * VL * (int64_t)sizeof(T); at += 64)              \
+                        __builtin_prefetch((const char *)(x + (i + PACK_AHEAD) * ld + k0) + at, 0, 2); \
                 for (int64_t v = 0; v < nv; v++, dst += PANEL * VL) {                              \
                     if (i < b && (v + 1) * VL <= left) {                                           \
                         *(vec_##SUF *)dst = *(const uvec_##SUF *)(src + v * VL);                   \
