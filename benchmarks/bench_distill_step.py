@@ -16,8 +16,11 @@ Cases, all on the same batches:
   ``rkd_distance`` (λ = 25);
 - ``ce`` (student alone, no teacher), for context.
 
-Each case is timed as ``--steps`` consecutive steps, cases interleaved round-robin per
-round (so a change of machine load hits all of them alike). The overhead ratio is the
+Each case is timed as ``--steps`` consecutive steps (default 1), cases interleaved
+round-robin per round (so a change of machine load hits all of them alike; one step per
+sample pairs them ~0.2 s apart: on the AMD EPYC VM the 90% intervals of 45 rounds x 1
+step were about half as wide as those of 15 rounds x 3 steps, the same 225 steps per
+case). The overhead ratio is the
 median over rounds of ``case / ce+teacher`` within the same round (paired: on a shared VM
 whole rounds drift by 10-20%, which the pairing cancels), with a bootstrap 90% interval;
 the ratio of the per-case medians is printed beside it. Minor page faults and kernel
@@ -26,7 +29,7 @@ forward placed after the student's used to cost more than the GKD term itself. T
 term's own forward+backward on the step's features is timed apart, to attribute the
 overhead.
 
-Run: ``python -m benchmarks.bench_distill_step [--quick] [--threads 2] [--repeats 15]``
+Run: ``python -m benchmarks.bench_distill_step [--quick] [--threads 2] [--repeats 45] [--steps 1]``
 (prints a table, writes ``benchmarks/results/bench_distill_step.json``).
 """
 
@@ -194,8 +197,8 @@ def step_flops(run, x, y) -> float:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="GKD / RKD-D training-step overhead vs the step without the term")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=3, help="consecutive steps per timed sample")
+    parser.add_argument("--repeats", type=int, default=45)
+    parser.add_argument("--steps", type=int, default=1, help="consecutive steps per timed sample")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--teacher", type=Path, default=RELEASED_TEACHER)
     parser.add_argument("--device", default="cpu")

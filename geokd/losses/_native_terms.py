@@ -76,12 +76,16 @@ class _LayerTerm(torch.autograd.Function):
     def backward(ctx, grad):
         x, s = ctx.saved_tensors
         kernels = graph_kernels()
-        if kernels is None or torch.is_grad_enabled() or x.shape[1] < MIN_KERNEL_FEATURES:
-            # create_graph=True needs a differentiable product; few features, ATen's.
+        if (kernels is None or torch.is_grad_enabled() or x.shape[1] < MIN_KERNEL_FEATURES
+                or x.shape[0] > MAX_GRAM_ROWS):
+            # create_graph=True needs a differentiable product; few features or a batch
+            # beyond the kernels' limit, ATen's is as fast.
             return (s * grad) @ x, None, None
-        # The kernel's product is 1.6x MKL's on the WRN layer1/layer2 shapes (2-core
-        # AMD EPYC: 1.43 vs 2.33 ms at 128 x 8,192), and it folds in the scaling by grad.
-        return kernels.scaled_product(s, x if x.stride(1) == 1 else x.contiguous(), alpha=float(grad)), None, None
+        # The kernel folds the scaling by grad into its packing of S, and on the WRN
+        # layer1/layer2 shapes it ran 1.2-1.3x MKL's product (benchmarks/bench_graph_kernels:
+        # 1.45 vs 1.82 ms at 128 x 8,192 on the 2-core AMD EPYC VM).
+        rows = x if x.stride(1) == 1 else x.contiguous()
+        return kernels.scaled_product(s, rows, alpha=float(grad)), None, None
 
 
 def gkd_term(s_flat: torch.Tensor, t_flat: torch.Tensor, *, spec: GraphSpec,

@@ -246,7 +246,8 @@ DEFINE_GRAM(double, f64, 8)
                 for (int64_t pn = panels * t / n; pn < last; pn++) {                               \
                     int64_t c0 = pn * NR_PANEL, width = f - c0 < NR_PANEL ? f - c0 : NR_PANEL;      \
                     int64_t slabs = (width + NR - 1) / NR;                                         \
-                    int64_t next_width = pn + 1 < last ? (f - c0 - NR_PANEL < NR_PANEL ? f - c0 - NR_PANEL : NR_PANEL) : 0; \
+                    int64_t next_width = pn + 1 < last ? f - c0 - NR_PANEL : 0;                    \
+                    next_width = next_width < NR_PANEL ? next_width : NR_PANEL;                    \
                     int64_t lines = (next_width * (int64_t)sizeof(T) + 63) / 64, issued = 0;       \
                     int64_t per_block = (b * lines + slabs * blocks - 1) / (slabs * blocks);       \
                     /* slab q of the panel: xp[(q * b + k) * NR + c] = x[k, c0 + q * NR + c] */    \
