@@ -42,8 +42,8 @@
  * block is one 4 KB page, where the hardware prefetchers stop, so rows read from memory
  * (features written long before, as in a training step) would each start with a run of
  * cache misses. Measured on the AMD EPYC VM, 2 threads, 128 x 16,384 / 8,192 / 4,096
- * rows from memory: 1.69 / 0.86 / 0.50 ms against 1.85 / 0.95 / 0.56 ms without (rows in
- * cache: 2-5% slower); 4, 8 or 16 rows ahead were no better. */
+ * rows from memory: 1.79 / 0.87 / 0.45 ms against 1.85 / 0.91 / 0.48 ms without (rows in
+ * cache: unchanged); 4, 8 or 16 rows ahead were no better. */
 #ifndef PACK_AHEAD
 #define PACK_AHEAD 2
 #endif
@@ -51,21 +51,26 @@
 #define FEATURES_PER_THREAD 1024
 #define INLINE static inline __attribute__((always_inline))
 
-/* A growing per-thread scratch buffer: malloc of a few hundred KB per call would take
- * fresh pages from the kernel each time (glibc maps such sizes). Never freed. */
-static void *thread_scratch(size_t bytes) {
-    static __thread void *buffer = NULL;
-    static __thread size_t capacity = 0;
-    if (bytes > capacity) {
+/* Growing per-thread scratch buffers, one per slot: malloc of a few hundred KB per call
+ * would take fresh pages from the kernel each time (glibc maps such sizes). Never freed.
+ * Slot 0 is the calling thread's scratch of each kernel; the scaled product's threads
+ * pack their panels in slot 1 (the calling thread is one of them, its slot 0 holding S). */
+enum { SCRATCH_SLOTS = 2 };
+static void *scratch_slot(int slot, size_t bytes) {
+    static __thread void *buffer[SCRATCH_SLOTS];
+    static __thread size_t capacity[SCRATCH_SLOTS];
+    if (bytes > capacity[slot]) {
         size_t want = (bytes + 4095) / 4096 * 4096;
         void *fresh = aligned_alloc(64, want);
         if (!fresh) return NULL;
-        free(buffer);
-        buffer = fresh;
-        capacity = want;
+        free(buffer[slot]);
+        buffer[slot] = fresh;
+        capacity[slot] = want;
     }
-    return buffer;
+    return buffer[slot];
 }
+
+static void *thread_scratch(size_t bytes) { return scratch_slot(0, bytes); }
 
 /* Prefetches (to L2) part of the next panel of rows while the current one is computed:
  * lines [*issued, *issued + per_step) of `rows` row segments of `line_count` cache lines
@@ -225,23 +230,10 @@ DEFINE_GRAM(double, f64, 8)
         _Pragma("omp parallel num_threads(nt)")                                                    \
         {                                                                                          \
             int t = omp_get_thread_num(), n = omp_get_num_threads();                               \
-            /* The calling thread's thread_scratch holds sp: the panels get a buffer of their */  \
-            /* own per thread (grown as thread_scratch, never freed). */                           \
-            static __thread T *panel_buf = NULL;                                                   \
-            static __thread size_t panel_cap = 0;                                                  \
-            size_t want = (size_t)b * NR_PANEL * sizeof(T);                                        \
-            if (want > panel_cap) {                                                                \
-                T *fresh = aligned_alloc(64, (want + 4095) / 4096 * 4096);                         \
-                if (fresh) {                                                                       \
-                    free(panel_buf);                                                               \
-                    panel_buf = fresh;                                                             \
-                    panel_cap = (want + 4095) / 4096 * 4096;                                       \
-                }                                                                                  \
-            }                                                                                      \
-            if (want > panel_cap) {                                                                \
+            T *xp = scratch_slot(1, (size_t)b * NR_PANEL * sizeof(T));                             \
+            if (!xp) {                                                                             \
                 _Pragma("omp atomic write") failed = 1;                                            \
             } else {                                                                               \
-                T *xp = panel_buf;                                                                 \
                 int64_t last = panels * (t + 1) / n;                                               \
                 for (int64_t pn = panels * t / n; pn < last; pn++) {                               \
                     int64_t c0 = pn * NR_PANEL, width = f - c0 < NR_PANEL ? f - c0 : NR_PANEL;      \
