@@ -45,7 +45,8 @@ def generic_rkd(student, teacher, *, include_diagonal=False):
 
 # ------------------------------------------------------------------ Gram product
 
-@pytest.mark.parametrize("b, f", [(128, 16384), (128, 4096), (7, 1030), (2, 5), (131, 700), (64, 1)])
+# (131, 2600): two threads (>= 2 x 1,024 features) and a partial last panel of rows.
+@pytest.mark.parametrize("b, f", [(128, 16384), (128, 4096), (7, 1030), (2, 5), (131, 700), (131, 2600), (64, 1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_gram_matches_float64_matmul_and_is_exactly_symmetric(kernels, b, f, dtype):
     x = rows(b * 31 + f, b, f + 3, dtype=dtype, shift=0.3)[:, :f]  # a row stride longer than the row
