@@ -126,9 +126,8 @@ SPECS = [GraphSpec(normalization=n, k=k, task=task)
          for n in ("sym", "rw", "none") for k in (None, 3, 11) for task in ("all", "intra", "inter")]
 
 
-def gkd_batch(seed, *, negative=False, dtype=torch.float64):
+def gkd_batch(seed, *, negative=False, dtype=torch.float64, b=12):
     g = torch.Generator().manual_seed(seed)
-    b = 12
     shift = 0.5 if negative else 0.0
     s = [torch.rand(b, 3, 4, 4, generator=g, dtype=dtype) - shift, torch.rand(b, 600, generator=g, dtype=dtype) - shift]
     t = [torch.rand(b, 5, 2, 2, generator=g, dtype=dtype) - shift, torch.rand(b, 900, generator=g, dtype=dtype) - shift]
@@ -139,7 +138,8 @@ def gkd_batch(seed, *, negative=False, dtype=torch.float64):
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 @pytest.mark.parametrize("negative", [False, True], ids=["nonnegative", "signed"])
 def test_gkd_kernel_matches_the_generic_builders_in_float64(kernels, spec, negative):
-    s, t, labels = gkd_batch(0, negative=negative)
+    # 37 rows: the kernels' (B, B) loops go in 16 x 16 blocks, two whole and a partial one.
+    s, t, labels = gkd_batch(0, negative=negative, b=37)
     term = _native_terms.gkd_term(s[1], t[1], spec=spec, labels=labels)
     assert term is not None and type(term.grad_fn).__name__ == "_LayerTermBackward"
     got = gkd_loss(s, t, labels, spec=spec)
@@ -227,7 +227,7 @@ def test_a_nan_still_names_the_layer(kernels, loss):
 @pytest.mark.parametrize("include_diagonal", [False, True])
 @pytest.mark.parametrize("negative", [False, True], ids=["nonnegative", "signed"])
 def test_rkd_kernel_matches_torch_in_float64(kernels, include_diagonal, negative):
-    s, t, _ = gkd_batch(7, negative=negative)
+    s, t, _ = gkd_batch(7, negative=negative, b=37)
     term = _native_terms.rkd_term(s[1], t[1], include_diagonal=include_diagonal)
     assert term is not None
     got = rkd_distance_loss(s, t, include_diagonal=include_diagonal)

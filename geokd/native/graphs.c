@@ -355,12 +355,19 @@ INLINE double sum(const double *restrict a, int64_t n) {
     return s;
 }
 
-/* s = m + m^T (in place on s, which may be m). */
+/* s = m + m^T (in place on s, which may be m), in 16 x 16 blocks: walking whole columns,
+ * a row stride of B = 128 doubles (1 KB) put every 16th row in the same cache sets, and
+ * this loop was 40% of a GKD layer call (75 us at B = 128, AMD EPYC VM). */
 static void add_transpose(const double *m, int64_t b, double *s) {
-    for (int64_t i = 0; i < b; i++)
-        for (int64_t j = i; j < b; j++) {
-            double v = m[i * b + j] + m[j * b + i];
-            s[i * b + j] = s[j * b + i] = v;
+    enum { TB = 16 };
+    for (int64_t i0 = 0; i0 < b; i0 += TB)
+        for (int64_t j0 = i0; j0 < b; j0 += TB) {
+            int64_t i1 = i0 + TB < b ? i0 + TB : b, j1 = j0 + TB < b ? j0 + TB : b;
+            for (int64_t i = i0; i < i1; i++)
+                for (int64_t j = j0 > i ? j0 : i; j < j1; j++) {
+                    double v = m[i * b + j] + m[j * b + i];
+                    s[i * b + j] = s[j * b + i] = v;
+                }
         }
 }
 
@@ -378,7 +385,7 @@ static int norms_in_range(const double *g, int64_t b, int each, double max, doub
     return (each ? least : total) > tiny;
 }
 
-INLINE double inverse_power(double v, double exponent) { return v > 0 ? pow(v, exponent) : 0.0; }
+
 
 enum { NORM_NONE = 0, NORM_SYM = 1, NORM_RW = 2 };
 enum { TASK_ALL = 0, TASK_INTRA = 1, TASK_INTER = 2 };
@@ -394,7 +401,8 @@ static void cosine_graph(const double *g, int64_t b, int mode, double *r, double
         for (int64_t j = 0; j < b; j++) ci[j] = gi[j] * (ri * r[j]);
         ci[i] = 0.0;
         double deg = sum(ci, b);
-        f[i] = mode == NORM_SYM ? inverse_power(deg, -0.5) : mode == NORM_RW ? inverse_power(deg, -1.0) : 1.0;
+        /* deg^-1/2 or deg^-1 (0 for an isolated node), not pow(): a library call per row */
+        f[i] = mode == NORM_SYM ? (deg > 0 ? 1.0 / sqrt(deg) : 0.0) : mode == NORM_RW ? (deg > 0 ? 1.0 / deg : 0.0) : 1.0;
     }
     for (int64_t i = 0; i < b; i++) {
         const double *ci = cos + i * b;
