@@ -170,8 +170,9 @@ def _train_one(config: TrainConfig, run_dir: str, device: str, resume: bool, sys
 
 
 def _holding_study_lock(run):
-    # <out>/<study>/.lock (geokd.train.runs.directory_lock) is held while the study trains
-    # and writes its table: a second process reproducing the same study refuses at once
+    # <out>/<study>/.lock (geokd.train.runs.directory_lock) is held while the study trains,
+    # writes its table and runs the caller's on_table_written (geokd reproduce's analysis
+    # and figures): a second process reproducing the same study refuses at once
     # (DirectoryLockedError naming the directory and the holder's pid).
     @functools.wraps(run)
     def locked(study, *, out="runs", **options):
@@ -185,12 +186,15 @@ def run_study(study: Study, *, out: str | Path = "runs", device: str | torch.dev
               on_run_start: Callable[[PlannedRun, int, int], None] | None = None,
               on_epoch_end: Callable[[PlannedRun, dict], None] | None = None,
               on_run_end: Callable[[PlannedRun], None] | None = None,
+              on_table_written: Callable[["StudyTable"], None] | None = None,
               progress: bool | None = None, command: str = "") -> "StudyTable":
     """Train the missing runs (resuming partial ones), then tabulate and write the table.
 
     ``jobs > 1`` trains that many students at once in worker processes (after the
     teacher), which is how a small study uses several CPU cores; per-epoch callbacks
-    are then not called (``on_run_end`` is).
+    are then not called (``on_run_end`` is). ``on_table_written(table)`` runs last,
+    still holding the study directory's lock, for whatever else writes into it (the
+    CLI's analysis and figures).
     """
     if jobs < 1:
         raise ValueError(f"jobs: expected at least 1 worker, got {jobs}")
@@ -233,6 +237,8 @@ def run_study(study: Study, *, out: str | Path = "runs", device: str | torch.dev
                     on_run_end(futures[future])
     table = tabulate_study(study, out=out, device=device, command=command)
     write_table(table, Path(out) / study.name)
+    if on_table_written is not None:
+        on_table_written(table)
     return table
 
 

@@ -233,3 +233,27 @@ def test_second_reproduce_process_refuses_a_study_being_written(tmp_path):
     assert [m["epoch"] for m in RunDir(study_dir / "teacher" / "seed0").read_metrics()] == [1, 2, 3, 4]
     assert RunDir(study_dir / "baseline" / "seed0").is_finished()
     assert "| baseline |" in (study_dir / "table.md").read_text()
+
+
+def test_what_runs_after_the_table_still_holds_the_study_lock(tmp_path):
+    # geokd reproduce writes its analysis and figures into the study directory after the
+    # table: that step runs inside run_study (on_table_written), so a second reproduction
+    # of the same study is refused until it is done, not only while the runs train.
+    from geokd.reproduce import run_study
+    from geokd.studies import load_study
+
+    study_file = tmp_path / "locktest.toml"
+    study_file.write_text(STUDY.replace("epochs = 4", "epochs = 1").replace("milestones = [2]", "milestones = []"))
+    out = tmp_path / "runs"
+    seen = []
+
+    def after(table):
+        seen.append(table.markdown())
+        with pytest.raises(DirectoryLockedError, match="study directory .*locktest is being written by pid"):
+            with directory_lock(out / "locktest", kind="study directory"):
+                pass
+
+    run_study(load_study(study_file), out=out, jobs=1, on_table_written=after)  # run.threads = 1: restored after
+    assert len(seen) == 1 and "| baseline |" in seen[0]
+    with directory_lock(out / "locktest", kind="study directory"):  # released on return
+        pass

@@ -158,6 +158,24 @@ def test_cli_plan_lists_the_default_study(tmp_path, capsys):
     assert text.count("missing") == 22
 
 
+def test_cli_reproduce_prints_the_table_then_writes_the_analysis_and_figures(tmp_path, capsys):
+    # The whole command on a tiny study: the table is printed and written, then (still
+    # under the study's lock, inside run_study) the closing analysis and its figures.
+    from tests.test_reliability_locks import STUDY
+
+    study_file = tmp_path / "locktest.toml"
+    study_file.write_text(STUDY.replace("epochs = 4", "epochs = 1").replace("milestones = [2]", "milestones = []"))
+    out = tmp_path / "runs"
+    assert main(["reproduce", str(study_file), "--out", str(out), "--yes", "--jobs", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "| baseline |" in text and f"written: {out / 'locktest' / 'table.md'}" in text
+    study_dir = out / "locktest"
+    assert "| baseline |" in (study_dir / "table.md").read_text()
+    for name in ("smoothness", "consistency", "distances", "knn_accuracy", "heatmaps"):
+        assert (study_dir / "figures" / f"{name}.png").stat().st_size > 0
+    assert (study_dir / "figures" / "error_table.md").is_file()
+
+
 def test_cli_reports_an_unknown_study_clearly(capsys):
     assert main(["reproduce", "digts"]) == 2
     assert "did you mean 'digits'" in capsys.readouterr().err

@@ -71,15 +71,20 @@ def run(args) -> int:
     command = " ".join(["geokd reproduce"] + [shlex.quote(a) for a in (args.study,) if a]
                        + ([f"--out {shlex.quote(args.out)}"] if args.out != "runs" else []))
     t0 = time.perf_counter()
-    table = run_study(study, out=args.out, device=args.device, jobs=jobs, on_run_start=start,
-                      on_epoch_end=epoch, on_run_end=done if jobs > 1 else None, command=command)
-    print()
-    print(table.markdown())
-    print(f"written: {os.path.join(args.out, study.name, 'table.md')} and table.csv "
-          f"({time.perf_counter() - t0:.0f} s, {jobs} job{'s' if jobs > 1 else ''})")
-    if args.figures:
-        _analyze_and_draw(planned, study_dir=os.path.join(args.out, study.name),
-                          dataset=study.teacher_config().data.name, device=args.device)
+
+    def finish(table):
+        # Runs inside run_study, under the study directory's lock: the analysis and the
+        # figures go into that directory too.
+        print()
+        print(table.markdown())
+        print(f"written: {os.path.join(args.out, study.name, 'table.md')} and table.csv "
+              f"({time.perf_counter() - t0:.0f} s, {jobs} job{'s' if jobs > 1 else ''})")
+        if args.figures:
+            _analyze_and_draw(planned, study_dir=os.path.join(args.out, study.name),
+                              dataset=study.teacher_config().data.name, device=args.device)
+
+    run_study(study, out=args.out, device=args.device, jobs=jobs, on_run_start=start, on_epoch_end=epoch,
+              on_run_end=done if jobs > 1 else None, on_table_written=finish, command=command)
     return 0
 
 
