@@ -226,7 +226,7 @@ DEFINE_GRAM(double, f64, 8)
  * destination is a whole aligned vector: in a training step autograd reads it only after
  * the backward of the blocks above the sensing point, long out of the caches by then, so
  * a cached store would first read every line of it for nothing. The student's gradient
- * of the WRN layer1 / layer2 terms in a step took 2.34-2.49 ms against 2.79 ms (AMD EPYC
+ * of the WRN layer1 / layer2 terms in a step took 2.2-2.5 ms against 2.8 ms (AMD EPYC
  * VM). The stores are fenced before the threads join. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
