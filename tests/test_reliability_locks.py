@@ -235,6 +235,13 @@ def test_second_reproduce_process_refuses_a_study_being_written(tmp_path):
     assert "| baseline |" in (study_dir / "table.md").read_text()
 
 
+def one_epoch_study(tmp_path: Path) -> Path:
+    """The lock tests' study, trained for one epoch, as a file under ``tmp_path``."""
+    study_file = tmp_path / "locktest.toml"
+    study_file.write_text(STUDY.replace("epochs = 4", "epochs = 1").replace("milestones = [2]", "milestones = []"))
+    return study_file
+
+
 def test_what_runs_after_the_table_still_holds_the_study_lock(tmp_path):
     # geokd reproduce writes its analysis and figures into the study directory after the
     # table: that step runs inside run_study (on_table_written), so a second reproduction
@@ -242,8 +249,6 @@ def test_what_runs_after_the_table_still_holds_the_study_lock(tmp_path):
     from geokd.reproduce import run_study
     from geokd.studies import load_study
 
-    study_file = tmp_path / "locktest.toml"
-    study_file.write_text(STUDY.replace("epochs = 4", "epochs = 1").replace("milestones = [2]", "milestones = []"))
     out = tmp_path / "runs"
     seen = []
 
@@ -253,7 +258,7 @@ def test_what_runs_after_the_table_still_holds_the_study_lock(tmp_path):
             with directory_lock(out / "locktest", kind="study directory"):
                 pass
 
-    run_study(load_study(study_file), out=out, jobs=1, on_table_written=after)  # run.threads = 1: restored after
+    run_study(load_study(one_epoch_study(tmp_path)), out=out, jobs=1, on_table_written=after)  # run.threads = 1: restored after
     assert len(seen) == 1 and "| baseline |" in seen[0]
     with directory_lock(out / "locktest", kind="study directory"):  # released on return
         pass

@@ -161,12 +161,10 @@ def test_cli_plan_lists_the_default_study(tmp_path, capsys):
 def test_cli_reproduce_prints_the_table_then_writes_the_analysis_and_figures(tmp_path, capsys):
     # The whole command on a tiny study: the table is printed and written, then (still
     # under the study's lock, inside run_study) the closing analysis and its figures.
-    from tests.test_reliability_locks import STUDY
+    from tests.test_reliability_locks import one_epoch_study
 
-    study_file = tmp_path / "locktest.toml"
-    study_file.write_text(STUDY.replace("epochs = 4", "epochs = 1").replace("milestones = [2]", "milestones = []"))
     out = tmp_path / "runs"
-    assert main(["reproduce", str(study_file), "--out", str(out), "--yes", "--jobs", "1"]) == 0
+    assert main(["reproduce", str(one_epoch_study(tmp_path)), "--out", str(out), "--yes", "--jobs", "1"]) == 0
     text = capsys.readouterr().out
     assert "| baseline |" in text and f"written: {out / 'locktest' / 'table.md'}" in text
     study_dir = out / "locktest"

@@ -385,8 +385,6 @@ static int norms_in_range(const double *g, int64_t b, int each, double max, doub
     return (each ? least : total) > tiny;
 }
 
-
-
 enum { NORM_NONE = 0, NORM_SYM = 1, NORM_RW = 2 };
 enum { TASK_ALL = 0, TASK_INTRA = 1, TASK_INTER = 2 };
 
@@ -402,7 +400,9 @@ static void cosine_graph(const double *g, int64_t b, int mode, double *r, double
         ci[i] = 0.0;
         double deg = sum(ci, b);
         /* deg^-1/2 or deg^-1 (0 for an isolated node), not pow(): a library call per row */
-        f[i] = mode == NORM_SYM ? (deg > 0 ? 1.0 / sqrt(deg) : 0.0) : mode == NORM_RW ? (deg > 0 ? 1.0 / deg : 0.0) : 1.0;
+        f[i] = mode == NORM_SYM  ? (deg > 0 ? 1.0 / sqrt(deg) : 0.0)
+             : mode == NORM_RW   ? (deg > 0 ? 1.0 / deg : 0.0)
+                                 : 1.0;
     }
     for (int64_t i = 0; i < b; i++) {
         const double *ci = cos + i * b;
