@@ -66,7 +66,11 @@ def summarize(quick: bool) -> list[dict]:
     if step:
         base = next(r for r in step["rows"] if r["case"] == "ce+teacher")
         for r in step["rows"]:
-            if "target" in r:
+            if r.get("control"):
+                rows.append(_row("T1 noise floor: the baseline step vs itself (A/A)", f"{r['ms_per_step']:.0f} ms",
+                                 f"{base['ms_per_step']:.0f} ms", f"{r['ratio_vs_ce+teacher']:.3f}x "
+                                 f"({r['ratio_90%']})", "context", None))
+            elif "target" in r:
                 ratio = r["ratio_vs_ce+teacher"]
                 rows.append(_row(f"T1 step overhead, {r['case']}", f"{r['ms_per_step']:.0f} ms",
                                  f"{base['ms_per_step']:.0f} ms (no term)", f"{ratio:.3f}x", "<= 1.05x", ratio <= 1.05))
