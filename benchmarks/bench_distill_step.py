@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import resource
 import statistics
@@ -130,13 +131,7 @@ def build_cases(parts: TrainingParts, config: TrainConfig, *, device: torch.devi
 
     cases.append(Case("ce+teacher", ce_teacher_step))
     control, _ = _stepper_for(parts, config, [], device=device)
-
-    def control_step(x, y, stepper=control):
-        with torch.no_grad():
-            parts.teacher_taps(x)
-        stepper.step(x, y, epoch=0, step=1)
-
-    cases.append(Case(CONTROL, control_step))
+    cases.append(Case(CONTROL, functools.partial(ce_teacher_step, stepper=control)))
     for name, loss, weight, params in TERM_CASES:
         cfg = copy.deepcopy(config)
         cfg.terms = (TermConfig(loss=loss, weight=weight, params=dict(params)),)

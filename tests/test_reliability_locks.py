@@ -258,7 +258,8 @@ def test_what_runs_after_the_table_still_holds_the_study_lock(tmp_path):
             with directory_lock(out / "locktest", kind="study directory"):
                 pass
 
-    run_study(load_study(one_epoch_study(tmp_path)), out=out, jobs=1, on_table_written=after)  # run.threads = 1: restored after
+    # The study's run.threads = 1 holds while it trains; torch's thread count is restored after.
+    run_study(load_study(one_epoch_study(tmp_path)), out=out, jobs=1, on_table_written=after)
     assert len(seen) == 1 and "| baseline |" in seen[0]
     with directory_lock(out / "locktest", kind="study directory"):  # released on return
         pass
