@@ -54,7 +54,7 @@ def test_batch_permutation_permutes_features(wrn):
 
 
 def test_unknown_name_lists_close_names(wrn):
-    with pytest.raises(ValueError, match=r"no module named 'layer1.0.relu3' in WideResNet; close names: .*'layer1.0.relu1'"):
+    with pytest.raises(ValueError, match=r"no module named 'layer1.0.relu3' in WideResNet; did you mean .*'layer1.0.relu1'"):
         FeatureTaps(wrn, ["layer1.0.relu3"])
     with pytest.raises(ValueError, match="only suffix understood is ':input'"):
         FeatureTaps(wrn, ["pool:output"])

@@ -33,7 +33,8 @@ from geokd.analysis.tables import make_row
 class Network:
     """A network to analyze: its identity in the tables and how to get it.
 
-    ``source`` is an ``nn.Module`` or a path loadable by :func:`geokd.checkpoints.load_any`.
+    ``source`` is an ``nn.Module``, or a path or network spec loadable by
+    :func:`geokd.checkpoints.load_network` (``torchvision:resnet18?num_classes=10@w.pt``).
     """
 
     name: str
@@ -44,9 +45,9 @@ class Network:
     def load(self, device) -> nn.Module:
         if isinstance(self.source, nn.Module):
             return self.source.to(device)
-        from geokd.checkpoints import load_any
+        from geokd.checkpoints import load_network
 
-        return load_any(str(self.source), device=device)
+        return load_network(str(self.source), device=device)
 
 
 @dataclass
@@ -145,7 +146,8 @@ def _network_layer_rows(net: Network, layer: str, graphs: LayerGraphs, labels: n
 
 
 def analyze_networks(teacher: Network, students: Sequence[Network], images: torch.Tensor, labels, *,
-                     node_indices, mean, std, layers: Sequence[str] | None = None, k: int = 10,
+                     node_indices, mean, std, layers: Sequence[str] | None = None,
+                     student_layers: Sequence[str] | None = None, k: int = 10,
                      num_eigenvectors: int = 10, linear_probe: bool = False, device="cpu",
                      batch_size: int = 500, node_set: str = "nodes", heatmap_per_class: int = 5,
                      on_network: Callable[[Network, list[dict]], None] | None = None) -> AnalysisResult:
@@ -163,8 +165,11 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
     mean, std : sequence of float
         The networks' input normalization.
     layers : sequence of str, optional
-        Sensing points; default the teacher's ``sensing_points`` (students must have the
-        same names).
+        The teacher's sensing points; default its ``sensing_points``.
+    student_layers : sequence of str, optional
+        The students' sensing points, compared with the teacher's by position (for
+        students of another architecture); default the same names as ``layers``. Rows
+        name a sensing point by the teacher's module name.
     k : int
         Neighbours of the cosine k-NN graphs.
     num_eigenvectors : int
@@ -205,7 +210,13 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
     teacher_model = teacher.load(device)
     layers = tuple(layers or getattr(teacher_model, "sensing_points", ()) or ())
     if not layers:
-        raise ValueError(f"teacher {teacher.name}: expected layer names or a model with sensing_points")
+        raise ValueError(f"teacher {teacher.name}: expected layer names (--layers) for a {type(teacher_model).__name__}, "
+                         "which has no sensing_points; `geokd layers NETWORK` lists the names")
+    student_layers = tuple(student_layers) if student_layers is not None else layers
+    if len(student_layers) != len(layers):
+        raise ValueError(f"expected as many student layers as teacher layers (compared by position), got "
+                         f"{len(student_layers)} ({', '.join(student_layers)}) for {len(layers)} "
+                         f"({', '.join(layers)})")
     t_acts = collect_activations(teacher_model, images, layers=layers, description=teacher.name, **collect_kw)
     del teacher_model
     t_final = t_acts.node_predictions
@@ -237,7 +248,7 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
     for student in students:
         show = student.method not in methods_shown
         methods_shown.add(student.method)
-        rows += _student_rows(student, images, labels, layers, teacher_layers, t_all, nodes,
+        rows += _student_rows(student, images, labels, dict(zip(layers, student_layers)), teacher_layers, t_all, nodes,
                               collect_kw=collect_kw, k=k, num_classes=num_classes,
                               linear_probe=linear_probe, extra=extra, spectral_extra=spectral_extra,
                               subset=subset,
@@ -247,14 +258,20 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
     return AnalysisResult(rows=rows, heatmaps=heatmaps, heatmap_labels=node_labels[batch])
 
 
-def _student_rows(student, images, labels, layers, teacher_layers, teacher_all, nodes, *,
+def _student_rows(student, images, labels, layer_map, teacher_layers, teacher_all, nodes, *,
                   collect_kw, k, num_classes, linear_probe, extra, spectral_extra, subset,
                   on_activations=None):
+    """``layer_map``: the teacher's sensing point -> the student's module at that position."""
     node_labels = labels[nodes]
     t_final = teacher_all[nodes]
     model = student.load(collect_kw["device"])
-    acts: Activations = collect_activations(model, images, layers=layers, description=student.name, **collect_kw)
+    own = collect_activations(model, images, layers=tuple(layer_map.values()), description=student.name,
+                              **collect_kw)
     del model
+    # Keyed by the teacher's names from here on: a sensing point is compared by position.
+    layers = tuple(layer_map)
+    acts = Activations(layers=layers, features={t: own.features[s] for t, s in layer_map.items()},
+                       node_indices=own.node_indices, predictions=own.predictions)
     if on_activations:
         on_activations(student, acts)
 

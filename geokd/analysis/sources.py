@@ -4,7 +4,9 @@
   method = the parent folder's name, seed = ``k``;
 - one of the GKD authors' released files: ``GKD_…_<k>.pth`` is method ``gkd``,
   ``RKD_…_<k>.pth`` is ``rkd-d``, ``WideResNet…`` is the ``teacher``;
-- any other checkpoint file: method = its file name without extension, no seed.
+- any other checkpoint file: method = its file name without extension, no seed;
+- a network spec (``torchvision:resnet18?num_classes=10@w.pt``): method = the weights
+  file's name without extension, else the builder's name; no seed.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import os
 import re
 
 from geokd.analysis.pipeline import Network
+from geokd.checkpoints.networks import RUN_MODEL_FILE
 from geokd.errors import ConfigError
+from geokd.models.specs import is_network_spec, parse_network_spec
 
-RUN_MODEL_FILE = "model.pt"
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 _RELEASED = {"GKD": "gkd", "RKD": "rkd-d", "WideResNet": "teacher"}
 
@@ -30,6 +33,9 @@ def network_from_path(path: str, *, method: str | None = None) -> Network:
     'rkd-d-7'
     """
     path = os.fspath(path)
+    if not os.path.exists(path) and is_network_spec(path):
+        method = method or parse_network_spec(path).name
+        return Network(name=method, method=method, seed=None, source=path)
     if os.path.isdir(path):
         model = os.path.join(path, RUN_MODEL_FILE)
         if not os.path.isfile(model):
@@ -70,6 +76,21 @@ def expand_paths(patterns, *, base_dir: str = ".") -> list[str]:
         if not matches:
             raise ConfigError(f"expected networks at {pattern!r} (looked for {expanded}), found none")
         found += sorted(matches, key=_natural_key)
+    return found
+
+
+def expand_networks(patterns, *, base_dir: str = ".") -> list[str]:
+    """:func:`expand_paths` for each pattern that is not a network spec; specs are kept as given.
+
+    Examples
+    --------
+    >>> expand_networks(["torchvision:resnet18?num_classes=10"])
+    ['torchvision:resnet18?num_classes=10']
+    """
+    found = []
+    for pattern in patterns:
+        is_path = os.path.exists(os.path.join(base_dir, os.path.expanduser(pattern)))
+        found += [pattern] if is_network_spec(pattern) and not is_path else expand_paths([pattern], base_dir=base_dir)
     return found
 
 

@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass, field
 
 from geokd.errors import ConfigError
+from geokd.models.specs import is_network_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,7 +39,7 @@ _ALLOWED = {
     "networks": {"teacher", "students"},
     "data": {"dataset", "split", "mean", "std"},
     "nodes": {"per_class", "seed", "output_on"},
-    "graph": {"k", "num_eigenvectors", "layers", "linear_probe"},
+    "graph": {"k", "num_eigenvectors", "layers", "student_layers", "linear_probe"},
 }
 
 
@@ -58,6 +59,7 @@ class Study:
     k: int = 10
     num_eigenvectors: int = 10
     layers: list[str] | None = None
+    student_layers: list[str] | None = None
     linear_probe: bool = False
 
 
@@ -81,7 +83,12 @@ def load_study(path: str) -> Study:
     networks, data, nodes, graph = (raw.get(s, {}) for s in ("networks", "data", "nodes", "graph"))
 
     def resolve(p: str) -> str:
+        # A spec (torchvision:resnet18@w.pt) names a builder, not a file: only its
+        # weights part is a path relative to the study.
         p = os.path.expandvars(os.path.expanduser(p))
+        if is_network_spec(p):
+            source, at, weights = p.partition("@")
+            return source + at + (resolve(weights) if at else "")
         return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
 
     study = Study(
@@ -97,6 +104,7 @@ def load_study(path: str) -> Study:
         k=graph.get("k", 10),
         num_eigenvectors=graph.get("num_eigenvectors", 10),
         layers=graph.get("layers"),
+        student_layers=graph.get("student_layers"),
         linear_probe=graph.get("linear_probe", False),
     )
     for key in ("per_class", "node_seed", "k", "num_eigenvectors"):

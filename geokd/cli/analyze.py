@@ -25,11 +25,13 @@ def register(subparsers) -> None:
                     "teacher-student graph distances, on a fixed class-balanced node set; write tidy "
                     "tables (metrics.csv, metrics.json) and heat-map graphs to --out.",
     )
-    parser.add_argument("networks", nargs="*", metavar="RUN_OR_CKPT",
-                        help="student run directories or checkpoint files (globs allowed)")
+    parser.add_argument("networks", nargs="*", metavar="NETWORK",
+                        help="students: run directories or checkpoint files (globs allowed), or network specs "
+                             "such as 'torchvision:mobilenet_v2?num_classes=10@student.pt' or "
+                             "'package.module:factory?width=2@weights.pt'")
     parser.add_argument("--config", help="a study TOML file (e.g. analysis/released_checkpoints.toml); "
                                          "command-line options override it")
-    parser.add_argument("--teacher", help="the teacher's run directory or checkpoint")
+    parser.add_argument("--teacher", help="the teacher: run directory, checkpoint or network spec")
     parser.add_argument("--dataset", help="dataset name (default cifar10)")
     parser.add_argument("--split", help="split to evaluate on (default test)")
     parser.add_argument("--per-class", type=int, help="node-set size per class (default 100; 0 = whole split)")
@@ -38,7 +40,12 @@ def register(subparsers) -> None:
                         help="measure the output agreement and test error on the whole split (default) "
                              "or on the node set only (one forward pass over the nodes: much faster)")
     parser.add_argument("--k", type=int, help="neighbours of the cosine k-NN graphs (default 10)")
-    parser.add_argument("--layers", nargs="+", help="sensing points (default: the teacher's)")
+    parser.add_argument("--layers", nargs="+",
+                        help="the teacher's sensing points, module names (default: a geokd model's own; "
+                             "`geokd layers NETWORK` lists them)")
+    parser.add_argument("--student-layers", nargs="+",
+                        help="the students' sensing points when their names differ from the teacher's "
+                             "(another architecture); compared with --layers by position")
     parser.add_argument("--mean", type=float, nargs="+", help="input normalization mean (default: dataset's)")
     parser.add_argument("--std", type=float, nargs="+", help="input normalization std (default: dataset's)")
     parser.add_argument("--linear-probe", action="store_true", default=None,
@@ -61,17 +68,17 @@ def _command(args) -> int:
 
 
 def _settings(args):
-    from geokd.analysis.sources import expand_paths
+    from geokd.analysis.sources import expand_networks
     from geokd.analysis.study import Study, load_study
 
     study = load_study(args.config) if args.config else Study()
     overrides = {"teacher": args.teacher, "dataset": args.dataset, "split": args.split,
                  "per_class": args.per_class, "node_seed": args.node_seed, "output_on": args.output_on, "k": args.k,
-                 "layers": args.layers, "mean": args.mean, "std": args.std, "linear_probe": args.linear_probe}
+                 "layers": args.layers, "student_layers": args.student_layers, "mean": args.mean, "std": args.std, "linear_probe": args.linear_probe}
     for key, value in overrides.items():
         if value is not None:
             setattr(study, key, value)
-    students = expand_paths(args.networks) if args.networks else expand_paths(study.students) if study.students else []
+    students = expand_networks(args.networks or study.students)
     if not study.teacher:
         raise ValueError("expected a teacher (--teacher or [networks] teacher in --config), got none")
     if not students:
@@ -127,7 +134,7 @@ def _analyze(args, study, student_paths) -> int:
               file=sys.stderr)
 
     result = analyze_networks(teacher, students, images, labels, node_indices=nodes, mean=mean, std=std,
-                              layers=study.layers, k=study.k, num_eigenvectors=study.num_eigenvectors,
+                              layers=study.layers, student_layers=study.student_layers, k=study.k, num_eigenvectors=study.num_eigenvectors,
                               linear_probe=study.linear_probe, device=args.device, batch_size=args.batch_size,
                               node_set=node_set, on_network=report)
     csv_path, json_path = write_table(result.rows, os.path.join(args.out, "metrics"))
@@ -137,6 +144,7 @@ def _analyze(args, study, student_paths) -> int:
                 "per_class": study.per_class, "node_seed": study.node_seed, "output_on": study.output_on,
                 "k": study.k,
                 "num_eigenvectors": study.num_eigenvectors, "layers": study.layers,
+                "student_layers": study.student_layers,
                 "node_indices": chosen.tolist(), "seconds": round(time.perf_counter() - start, 1)}
     with open(os.path.join(args.out, "analysis.json"), "w") as handle:
         json.dump(settings, handle, indent=1)

@@ -20,6 +20,7 @@ from torch import nn
 from geokd.models.outputs import ModelOutputs
 from geokd.models.resnet_cifar import CifarResNet
 from geokd.models.small import MLP, SmallCNN
+from geokd.models.specs import build_from_source, is_network_spec
 from geokd.models.taps import FeatureTaps, forward_with_features
 from geokd.models.wrn import WideResNet
 
@@ -65,7 +66,12 @@ def build_model(name: str, **kwargs) -> nn.Module:
     ------
     ValueError
         For an unknown name (close names are suggested) or a keyword the model does not take.
+
+    ``name`` may also be a source ``torchvision:NAME`` or ``MODULE:CALLABLE``
+    (:mod:`geokd.models.specs`).
     """
+    if is_network_spec(name):
+        return build_from_source(name, **kwargs)
     try:
         cls, fixed = _REGISTRY[name]
     except KeyError:
@@ -95,6 +101,9 @@ def model_config(model: nn.Module) -> dict:
     """A dict ``{"name": …, **kwargs}`` with ``build_model(**model_config(m))`` rebuilding ``m``."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model_config: expected an nn.Module, got {type(model).__name__}")
+    built_from = getattr(model, "geokd_model_config", None)
+    if isinstance(built_from, dict):   # built from a torchvision / user source
+        return dict(built_from)
     config = getattr(model, "config", None)
     if not callable(config):
         raise ValueError(

@@ -26,7 +26,7 @@ True
 >>> FeatureTaps(net, ["layer4"])
 Traceback (most recent call last):
 ...
-ValueError: no module named 'layer4' in WideResNet; close names: 'layer3', 'layer2', 'layer1'
+ValueError: no module named 'layer4' in WideResNet; did you mean 'layer3', 'layer2', 'layer1'? (`geokd layers NETWORK` lists every tappable name)
 """
 
 from __future__ import annotations
@@ -101,10 +101,11 @@ class FeatureTaps:
             if path == "" or path not in modules:
                 valid = [n for n in modules if n]
                 close = difflib.get_close_matches(path, valid, n=3, cutoff=0.6)
-                hint = f"close names: {', '.join(map(repr, close))}" if close else (
+                hint = f"did you mean {', '.join(map(repr, close))}?" if close else (
                     f"top-level modules: {', '.join(repr(n) for n in valid if '.' not in n)}"
                 )
-                raise ValueError(f"no module named {path!r} in {type(model).__name__}; {hint}")
+                raise ValueError(f"no module named {path!r} in {type(model).__name__}; {hint} "
+                                 "(`geokd layers NETWORK` lists every tappable name)")
             self._targets.append((name, modules[path], want_input))
         if len(set(names)) != len(names):
             raise ValueError(f"FeatureTaps: names repeat: {names}")
