@@ -210,7 +210,8 @@ def evaluate_model(model: nn.Module, dataset, *, batch_size: int = 100, device="
 
 def evaluate_checkpoints(paths, dataset, *, batch_size: int = 100, device="cpu", workers: int | None = None,
                          fuse: bool = True, progress: bool | None = None) -> list[EvalResult]:
-    """Evaluate checkpoint files (geokd or the authors' pickles) on ``dataset``.
+    """Evaluate networks on ``dataset``: checkpoint files (geokd's or the authors' pickles), run
+    directories or network specs (``torchvision:resnet18?num_classes=10@weights.pt``).
 
     Parameters
     ----------
@@ -229,7 +230,7 @@ def evaluate_checkpoints(paths, dataset, *, batch_size: int = 100, device="cpu",
     list of EvalResult
         In the order of ``paths``; ``name`` is the path as given.
     """
-    from geokd.checkpoints import load_any
+    from geokd.checkpoints import load_network
 
     paths = [os.fspath(p) for p in paths]
     if not paths:
@@ -247,7 +248,7 @@ def evaluate_checkpoints(paths, dataset, *, batch_size: int = 100, device="cpu",
     lock = threading.Lock()
 
     def run(path: str) -> EvalResult:
-        model = load_any(path, device=device)
+        model = load_network(path, device=device)
         fast = _prepare(model, batches[0][0], fuse=fuse, name=path)
         result = _count_wrong(fast, batches, name=path, num_classes=dataset.num_classes)
         with lock:

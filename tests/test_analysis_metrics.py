@@ -279,3 +279,26 @@ def test_spectrum_with_isolated_node_matches_pygsp():
     graph.compute_laplacian("normalized")
     graph.compute_fourier_basis()
     np.testing.assert_allclose(laplacian_spectrum(w), graph.e, atol=1e-10)
+
+
+def test_a_checked_graph_is_checked_once_and_gives_the_same_metrics():
+    from geokd.analysis._validate import CheckedGraph, as_weight_matrix, check_graph
+    from geokd.analysis.pipeline import layer_graphs
+    from geokd.analysis.smoothness import smoothness_metrics
+
+    rng = np.random.default_rng(0)
+    raw = sp.random(30, 30, density=0.2, random_state=1, format="csr")
+    raw = (raw + raw.T).tocsr()
+    raw.setdiag(0)
+    raw.eliminate_zeros()
+    labels = rng.integers(0, 3, size=30)
+    checked = check_graph(raw)
+    # Passing the door again neither re-checks nor copies ...
+    assert as_weight_matrix(checked) is checked.matrix and check_graph(checked) is checked
+    # ... the metrics agree with the unchecked input, and the caller's matrix stays writable.
+    assert smoothness_metrics(checked, labels) == smoothness_metrics(raw, labels)
+    raw.data[0] = raw.data[0]
+    # The pipeline hands the metrics one checked graph per layer.
+    features = rng.uniform(size=(40, 8)).astype(np.float32)  # post-ReLU-like: nonnegative
+    graphs = layer_graphs(features, rng.integers(0, 2, size=40), k=3, num_classes=2, device="cpu", name="l")
+    assert isinstance(graphs.knn, CheckedGraph)

@@ -1,6 +1,14 @@
-"""Input checks shared by the analysis metrics (one place for the error wording)."""
+"""Input checks shared by the analysis metrics (one place for the error wording).
+
+A metric checks its graph at the door with :func:`as_weight_matrix`. The pipeline hands one
+layer's k-NN graph to half a dozen metrics, so it checks it once with :func:`check_graph`;
+the :class:`CheckedGraph` it gets back passes every later door without being checked or
+converted again (its arrays are read-only, so what was checked stays what is used).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -12,11 +20,47 @@ def where(name: str | None) -> str:
     return f"{name}: " if name else ""
 
 
+@dataclass(frozen=True, eq=False)
+class CheckedGraph:
+    """A weight matrix that has passed :func:`as_weight_matrix`; metrics take it as it is.
+
+    Examples
+    --------
+    >>> g = check_graph(np.array([[0.0, 1.0], [1.0, 0.0]]))
+    >>> as_weight_matrix(g) is g.matrix, g.shape
+    (True, (2, 2))
+    >>> g.matrix.data[0] = -1.0
+    Traceback (most recent call last):
+    ...
+    ValueError: assignment destination is read-only
+    """
+
+    matrix: sp.csr_matrix
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.matrix.shape
+
+
+def check_graph(w, *, name: str | None = None, what: str = "W") -> CheckedGraph:
+    """Check ``w`` once (:func:`as_weight_matrix`) and freeze it for the metrics that follow."""
+    if isinstance(w, CheckedGraph):
+        return w
+    # A copy: the CSR may share its arrays with the caller's matrix, which stays writable.
+    csr = as_weight_matrix(w, name=name, what=what).copy()
+    for array in (csr.data, csr.indices, csr.indptr):
+        array.flags.writeable = False
+    return CheckedGraph(csr)
+
+
 def as_weight_matrix(w, *, name: str | None = None, what: str = "W") -> sp.csr_matrix:
     """Return ``w`` as a float64 CSR matrix after checking it is a valid graph.
 
     A valid graph here is square, symmetric, finite, nonnegative, with a zero diagonal.
+    A :class:`CheckedGraph` was checked when it was made and is returned as it is.
     """
+    if isinstance(w, CheckedGraph):
+        return w.matrix
     if isinstance(w, torch.Tensor):
         w = w.detach().cpu().double().numpy()
     if sp.issparse(w):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from geokd.analysis.collect import Activations, collect_activations
+from geokd.analysis._validate import CheckedGraph, check_graph
 from geokd.analysis.consistency import knn_vote, linear_probe_predictions, output_agreement
 from geokd.analysis.crossgraph import low_frequency_basis, signal_variation
 from geokd.analysis.layer_graph import cosine_graphs, cosine_knn_graph, gkd_adjacency
@@ -79,7 +80,7 @@ def heatmap_batch(node_labels: np.ndarray, *, per_class: int) -> np.ndarray:
 class LayerGraphs:
     """One layer of one network on the node set."""
 
-    knn: object                     # scipy.sparse.csr_matrix, the cosine k-NN graph
+    knn: CheckedGraph               # the cosine k-NN graph, checked once (analysis._validate)
     votes: np.ndarray               # leave-one-out k-NN vote of every node
     adjacency: torch.Tensor | None  # the dense GKD graph Â (None above DENSE_LIMIT nodes)
     spectrum: np.ndarray            # normalized-Laplacian eigenvalues of the k-NN graph (of the spectral subset)
@@ -123,7 +124,9 @@ def layer_graphs(features: np.ndarray, labels: np.ndarray, *, k: int, num_classe
     else:
         knn, adjacency = cosine_knn_graph(features, k=k, device=device, name=name), None
         subset_knn = None if subset is None else cosine_knn_graph(features[subset], k=k, device=device, name=name)
-    spectral_knn = knn if subset is None else subset_knn
+    # Checked once here; the half-dozen metrics below take the CheckedGraph as it is.
+    knn = check_graph(knn, name=name)
+    spectral_knn = knn if subset is None else check_graph(subset_knn, name=name)
     return LayerGraphs(
         knn=knn,
         votes=knn_vote(knn, labels, num_classes=num_classes, name=name),

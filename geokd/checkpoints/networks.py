@@ -35,8 +35,7 @@ RUN_MODEL_FILE = "model.pt"
 def load_network(text, *, device="cpu") -> nn.Module:
     """The network named by ``text`` (path or spec), on ``device``, in eval mode."""
     from geokd.checkpoints.store import load_any
-    from geokd.checkpoints.weights import load_weights
-    from geokd.models.specs import build_from_source, is_network_spec, parse_network_spec
+    from geokd.models.specs import build_network, is_network_spec
 
     text = os.fspath(text)
     if os.path.isdir(text):
@@ -54,8 +53,8 @@ def load_network(text, *, device="cpu") -> nn.Module:
             f"{os.path.isdir(folder)}), and not a spec such as "
             "'torchvision:resnet18?num_classes=10[@weights.pt]' or 'package.module:factory'"
         )
-    spec = parse_network_spec(text)
-    model = build_from_source(spec.source, **spec.kwargs)
-    if spec.weights is not None:
-        load_weights(model, spec.weights)
+    try:
+        model = build_network(text)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     return model.to(device).eval()

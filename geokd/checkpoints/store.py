@@ -213,6 +213,7 @@ def load_checkpoint(path, *, device="cpu"):
         geokd checkpoint, or weights that do not fit the recorded architecture.
     """
     from geokd.models import build_model
+    from geokd.models.specs import check_source_trusted
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -237,6 +238,7 @@ def load_checkpoint(path, *, device="cpu"):
     if not isinstance(config, dict) or not isinstance(state, dict):
         raise CheckpointError(f"{path}: damaged checkpoint: model_config or state_dict is missing")
     try:
+        check_source_trusted(config.get("name"), where=path)
         model = build_model(**config)
     except ValueError as exc:
         raise CheckpointError(f"{path}: cannot rebuild the recorded model {config!r}: {exc}") from None

@@ -20,7 +20,7 @@ from torch import nn
 from geokd.models.outputs import ModelOutputs
 from geokd.models.resnet_cifar import CifarResNet
 from geokd.models.small import MLP, SmallCNN
-from geokd.models.specs import build_from_source, is_network_spec
+from geokd.models.specs import build_network, is_network_spec
 from geokd.models.taps import FeatureTaps, forward_with_features
 from geokd.models.wrn import WideResNet
 
@@ -67,11 +67,11 @@ def build_model(name: str, **kwargs) -> nn.Module:
     ValueError
         For an unknown name (close names are suggested) or a keyword the model does not take.
 
-    ``name`` may also be a source ``torchvision:NAME`` or ``MODULE:CALLABLE``
-    (:mod:`geokd.models.specs`).
+    ``name`` may also be a network spec ``torchvision:NAME[?k=v][@WEIGHTS]`` or
+    ``MODULE:CALLABLE[...]`` (:mod:`geokd.models.specs`).
     """
     if is_network_spec(name):
-        return build_from_source(name, **kwargs)
+        return build_network(name, **kwargs)
     try:
         cls, fixed = _REGISTRY[name]
     except KeyError:

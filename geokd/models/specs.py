@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["NetworkSpec", "build_from_source", "is_network_spec", "parse_keywords", "parse_network_spec"]
+__all__ = ["NetworkSpec", "build_from_source", "build_network", "check_source_trusted", "is_network_spec",
+           "parse_keywords", "parse_network_spec"]
 
 TORCHVISION = "torchvision"
 GEOKD = "geokd"  # geokd:NAME is a model of geokd's own registry (geokd.models.build_model)
@@ -117,6 +118,69 @@ def parse_network_spec(text: str) -> NetworkSpec:
     if "@" in text and not weights:
         raise ValueError(f"{text}: expected a weights file after '@', got nothing")
     return NetworkSpec(source=source, kwargs=parse_keywords(query, where=text), weights=weights or None)
+
+
+def build_network(text: str, **overrides) -> nn.Module:
+    """Build the network of a whole spec ``SOURCE[?k=v&...][@WEIGHTS]``.
+
+    ``overrides`` add keywords; one that contradicts the spec's own is an error rather
+    than a silent choice between them.
+
+    Examples
+    --------
+    >>> build_network("torchvision:resnet18?num_classes=4", num_classes=4).fc.out_features
+    4
+    >>> build_network("torchvision:resnet18?num_classes=4", num_classes=10)
+    Traceback (most recent call last):
+    ...
+    ValueError: torchvision:resnet18?num_classes=4: the spec gives num_classes=4, but 10 was asked for
+    """
+    spec = parse_network_spec(text)
+    for key, value in overrides.items():
+        if key in spec.kwargs and spec.kwargs[key] != value:
+            raise ValueError(f"{text}: the spec gives {key}={spec.kwargs[key]!r}, but {value!r} was asked for")
+    model = build_from_source(spec.source, **{**spec.kwargs, **overrides})
+    if spec.weights is not None:
+        from geokd.checkpoints.weights import load_weights
+
+        load_weights(model, spec.weights)
+    return model
+
+
+TRUSTED_MODULES_ENV = "GEOKD_TRUSTED_MODULES"
+
+
+def check_source_trusted(source: str, *, where: str) -> None:
+    """Refuse to import user code that a *file* names (a checkpoint's recorded builder).
+
+    A spec typed by the user is their choice; a ``MODULE:CALLABLE`` read from a checkpoint
+    would let whoever wrote the file run any importable callable (``os:system``). Such a
+    source is rebuilt only when its module, or a package above it, is listed in
+    ``$GEOKD_TRUSTED_MODULES`` (comma-separated); torchvision and geokd sources always are.
+
+    Examples
+    --------
+    >>> check_source_trusted("torchvision:resnet18", where="ckpt.pt")
+    >>> check_source_trusted("os:system", where="ckpt.pt")
+    Traceback (most recent call last):
+    ...
+    ValueError: ckpt.pt records its network as built by 'os:system'; geokd does not import code named in a file unless told to: set GEOKD_TRUSTED_MODULES=os if you trust it, or load the weights into a network you name: 'os:system@ckpt.pt'
+    """
+    import os
+
+    match = _SOURCE.match(source) if isinstance(source, str) else None
+    if not match or match.group("module") in (TORCHVISION, GEOKD):
+        return
+    module = match.group("module")
+    trusted = {m.strip() for m in os.environ.get(TRUSTED_MODULES_ENV, "").split(",") if m.strip()}
+    parts = module.split(".")
+    if any(".".join(parts[:i]) in trusted for i in range(1, len(parts) + 1)):
+        return
+    raise ValueError(
+        f"{where} records its network as built by {source!r}; geokd does not import code named in a "
+        f"file unless told to: set {TRUSTED_MODULES_ENV}={module} if you trust it, or load the weights "
+        f"into a network you name: '{source}@{where}'"
+    )
 
 
 def _classification_builders() -> list[str]:

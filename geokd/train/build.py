@@ -37,18 +37,20 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def load_teacher(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
-    """The frozen teacher from a run directory, one of our checkpoints or a released network."""
-    from geokd.checkpoints import load_any
+    """The frozen teacher: a run directory, a checkpoint, a released network or a network spec
+    (``torchvision:resnet18?num_classes=10@teacher.pt``, :func:`geokd.checkpoints.load_network`)."""
+    from geokd.checkpoints import load_network
+    from geokd.errors import CheckpointError
 
-    path = Path(path)
-    if path.is_dir():
+    if Path(path).is_dir():
         run = RunDir(path)
         if not run.is_finished():
             raise ConfigError(f"teacher: run directory {path} holds no finished run (no model.pt / status)")
         path = run.model_path
-    if not path.exists():
-        raise ConfigError(f"teacher: expected a run directory or checkpoint file, got missing path {path}")
-    teacher = load_any(path, device=device)
+    try:
+        teacher = load_network(path, device=device)
+    except CheckpointError as exc:
+        raise ConfigError(f"teacher: {exc}") from None
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
