@@ -29,6 +29,7 @@ import hashlib
 import io
 import math
 import os
+import re
 import tempfile
 import zipfile
 
@@ -189,7 +190,15 @@ def _torch_load_plain(path: str, device) -> object:
     # the opcode decoder trips on (KeyError for a memo opcode, IndexError, struct.error…):
     # any failure to parse is a damaged file, never a crash.
     except Exception as exc:  # noqa: BLE001
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc)
+        refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+        if refused:  # the file names code to run: say which, not torch's advice to trust it
+            raise CheckpointError(
+                f"{path}: refused: the file is a pickle that would import {refused.group(1)} to load "
+                "(code or a whole module, not plain tensors); save model.state_dict() instead, or, "
+                "for the GKD authors' networks, use `geokd import-checkpoint`"
+            ) from None
+        first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise CheckpointError(
             f"{path}: cannot read it as a plain (weights-only) torch file: {first_line[:300]} "
             "(truncated, damaged, or a whole-module pickle: use load_any or `geokd import-checkpoint`)"

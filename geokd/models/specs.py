@@ -244,7 +244,10 @@ def build_from_source(source: str, **kwargs) -> nn.Module:
         raise ValueError(f"{source}: the builder does not take {sorted(kwargs)}: {exc}") from None
     except ValueError:  # builtins without a signature: let the call say it
         pass
-    model = builder(**kwargs)
+    try:
+        model = builder(**kwargs)
+    except TypeError as exc:  # torchvision's builders take **kwargs: a wrong keyword shows here
+        raise ValueError(f"{source}: the builder does not take {sorted(kwargs)}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"{source}: expected the builder to return an nn.Module, got {type(model).__name__}")
     model.geokd_model_config = {"name": source, **kwargs}
