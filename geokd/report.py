@@ -117,6 +117,10 @@ def build_report(rows: Sequence[Mapping], *, figures: Sequence[str] = (), settin
         pair = (methods[-1], methods[-2]) if "gkd" in methods and "rkd-d" in methods else tuple(methods[:2])
         pair = ("gkd", "rkd-d") if "gkd" in methods and "rkd-d" in methods else pair
         comparisons = {(c["layer"], c["metric"]): c for c in closeness_by_layer(rows, methods=pair)}
+    # Another architecture's students are compared by position: name both sides of each pair.
+    teacher_layers, student_layers = (settings or {}).get("layers"), (settings or {}).get("student_layers")
+    student_layer_of = (dict(zip(teacher_layers, student_layers))
+                        if teacher_layers and student_layers and student_layers != teacher_layers else {})
     for layer in [l for l in layer_order(rows) if l != "output"]:
         metrics = [m for m in CLOSENESS if any(r["layer"] == layer and r["metric"] == m for r in rows)]
         metrics += [m for m in ("knn_accuracy",) if any(r["layer"] == layer and r["metric"] == m for r in rows)]
@@ -128,7 +132,9 @@ def build_report(rows: Sequence[Mapping], *, figures: Sequence[str] = (), settin
             line.append(comp["p_value"] if comp else None)
             body.append(line)
             marks.append(mark)
-        parts.append(f"<h3><code>{html.escape(layer)}</code></h3>"
+        paired = student_layer_of.get(layer)
+        pairing = f" &harr; students' <code>{html.escape(paired)}</code>" if paired else ""
+        parts.append(f"<h3><code>{html.escape(layer)}</code>{pairing}</h3>"
                      + _table(["metric", "teacher"] + methods + ["p (Mann-Whitney)"], body, highlight=marks))
     parts.append("<h2>Where each student method diverges</h2><ul>")
     for method in methods:

@@ -86,7 +86,7 @@ def test_digits_mean_std_are_those_of_the_train_split_for_both_splits():
 
 
 def test_available_and_defaults():
-    assert available_datasets() == ["cifar10", "digits", "fashion-mnist", "mnist"]
+    assert available_datasets() == ["cifar10", "cifar100", "digits", "fashion-mnist", "mnist"]
     assert dataset_defaults("cifar10") == {"padding": 4, "flip": True}
     assert dataset_defaults("digits") == {"padding": 1, "flip": False}
     with pytest.raises(ValueError, match="unknown dataset 'cifar1'.*cifar10"):

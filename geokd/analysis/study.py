@@ -37,7 +37,7 @@ else:  # pragma: no cover
 
 _ALLOWED = {
     "networks": {"teacher", "students"},
-    "data": {"dataset", "split", "mean", "std"},
+    "data": {"dataset", "split", "mean", "std", "image_size"},
     "nodes": {"per_class", "seed", "output_on"},
     "graph": {"k", "num_eigenvectors", "layers", "student_layers", "linear_probe"},
 }
@@ -53,6 +53,7 @@ class Study:
     split: str = "test"
     mean: list[float] | None = None
     std: list[float] | None = None
+    image_size: int | None = None
     per_class: int = 100
     node_seed: int = 0
     output_on: str = "all"
@@ -98,6 +99,7 @@ def load_study(path: str) -> Study:
         split=data.get("split", "test"),
         mean=data.get("mean"),
         std=data.get("std"),
+        image_size=data.get("image_size"),
         per_class=nodes.get("per_class", 100),
         node_seed=nodes.get("seed", 0),
         output_on=nodes.get("output_on", "all"),
@@ -111,6 +113,9 @@ def load_study(path: str) -> Study:
         value = getattr(study, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{path}: expected {key} as a nonnegative integer, got {value!r}")
+    if study.image_size is not None and (not isinstance(study.image_size, int) or isinstance(study.image_size, bool)
+                                         or study.image_size < 1):
+        raise ConfigError(f"{path}: expected image_size as a positive integer, got {study.image_size!r}")
     if study.output_on not in ("all", "nodes"):
         raise ConfigError(f"{path}: expected output_on = 'all' or 'nodes', got {study.output_on!r}")
     return study

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from geokd.cli.data import add_dataset_options
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -32,7 +33,8 @@ def register(subparsers) -> None:
     parser.add_argument("--config", help="a study TOML file (e.g. analysis/released_checkpoints.toml); "
                                          "command-line options override it")
     parser.add_argument("--teacher", help="the teacher: run directory, checkpoint or network spec")
-    parser.add_argument("--dataset", help="dataset name (default cifar10)")
+    parser.add_argument("--dataset", help="dataset name (cifar10 (default), cifar100, digits, mnist, "
+                                          "fashion-mnist), imagefolder:PATH or MODULE:CALLABLE[?k=v&...]")
     parser.add_argument("--split", help="split to evaluate on (default test)")
     parser.add_argument("--per-class", type=int, help="node-set size per class (default 100; 0 = whole split)")
     parser.add_argument("--node-seed", type=int, help="seed of the node set (default 0)")
@@ -46,8 +48,8 @@ def register(subparsers) -> None:
     parser.add_argument("--student-layers", nargs="+",
                         help="the students' sensing points when their names differ from the teacher's "
                              "(another architecture); compared with --layers by position")
-    parser.add_argument("--mean", type=float, nargs="+", help="input normalization mean (default: dataset's)")
-    parser.add_argument("--std", type=float, nargs="+", help="input normalization std (default: dataset's)")
+    add_dataset_options(parser)
+    parser.add_argument("--data-root", default=None, help="dataset cache folder (default: ~/.cache/geokd)")
     parser.add_argument("--linear-probe", action="store_true", default=None,
                         help="also run a cross-validated linear probe per block (slower)")
     parser.add_argument("--device", default="cpu")
@@ -74,7 +76,8 @@ def _settings(args):
     study = load_study(args.config) if args.config else Study()
     overrides = {"teacher": args.teacher, "dataset": args.dataset, "split": args.split,
                  "per_class": args.per_class, "node_seed": args.node_seed, "output_on": args.output_on, "k": args.k,
-                 "layers": args.layers, "student_layers": args.student_layers, "mean": args.mean, "std": args.std, "linear_probe": args.linear_probe}
+                 "layers": args.layers, "student_layers": args.student_layers, "mean": args.mean, "std": args.std, "image_size": args.image_size,
+                 "linear_probe": args.linear_probe}
     for key, value in overrides.items():
         if value is not None:
             setattr(study, key, value)
@@ -106,7 +109,11 @@ def _analyze(args, study, student_paths) -> int:
 
     teacher = network_from_path(study.teacher, method="teacher")
     students = [network_from_path(p) for p in student_paths]
-    data = load_dataset(study.dataset, split=study.split)
+    if (study.mean is None) != (study.std is None):
+        raise ValueError(f"expected mean and std together, got mean={study.mean} std={study.std}")
+    data = load_dataset(study.dataset, split=study.split, root=args.data_root, image_size=study.image_size,
+                        mean=None if study.mean is None else tuple(study.mean),
+                        std=None if study.std is None else tuple(study.std))
     labels = data.labels.numpy()
     if study.per_class > 0:
         nodes = balanced_node_set(labels, per_class=study.per_class, seed=study.node_seed)
@@ -119,8 +126,7 @@ def _analyze(args, study, student_paths) -> int:
     images, chosen = data.images, nodes
     if study.output_on == "nodes":
         images, labels, nodes = images[torch.as_tensor(nodes)], labels[nodes], np.arange(nodes.size)
-    mean = study.mean or list(data.mean)
-    std = study.std or list(data.std)
+    mean, std = list(data.mean), list(data.std)
     print(f"analyzing {len(students)} students against {teacher.name} on {nodes.size} nodes "
           f"({node_set}), output agreement on {len(labels)} inputs", file=sys.stderr)
     start = time.perf_counter()
@@ -140,7 +146,8 @@ def _analyze(args, study, student_paths) -> int:
     csv_path, json_path = write_table(result.rows, os.path.join(args.out, "metrics"))
     write_heatmaps(os.path.join(args.out, "heatmaps.npz"), result.heatmaps, result.heatmap_labels)
     settings = {"teacher": study.teacher, "students": student_paths, "dataset": study.dataset,
-                "split": study.split, "mean": list(mean), "std": list(std), "node_set": node_set,
+                "split": study.split, "image_size": study.image_size, "mean": list(mean), "std": list(std),
+                "node_set": node_set,
                 "per_class": study.per_class, "node_seed": study.node_seed, "output_on": study.output_on,
                 "k": study.k,
                 "num_eigenvectors": study.num_eigenvectors, "layers": study.layers,

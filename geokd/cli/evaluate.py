@@ -6,20 +6,27 @@ import argparse
 import json
 import os
 
+from geokd.cli.data import add_dataset_options, dataset_options
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="test error of networks (geokd checkpoints or the authors' pickles)",
+        help="test error of networks (run directories, checkpoints, the authors' pickles, network specs)",
         description=(
             "Print the test error of each checkpoint and, for each group (files that differ only "
             "by a trailing _<seed>, or --group), the median ± sd (sample sd, n-1)."
         ),
     )
-    parser.add_argument("checkpoints", nargs="+", metavar="CKPT")
-    parser.add_argument("--dataset", required=True, help="dataset name, e.g. cifar10 or digits")
+    parser.add_argument("checkpoints", nargs="+", metavar="NETWORK",
+                        help="run directories, checkpoint files (globs allowed) or network specs such as "
+                             "'torchvision:resnet18?num_classes=10@weights.pt'")
+    parser.add_argument("--dataset", required=True,
+                        help="dataset name (cifar10, cifar100, digits, mnist, fashion-mnist), "
+                             "imagefolder:PATH or MODULE:CALLABLE[?k=v&...]")
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument("--data-root", default=None, help="dataset cache folder (default: ~/.cache/geokd)")
+    add_dataset_options(parser)
     parser.add_argument("--group", action="append", default=[], metavar="NAME=GLOB",
                         help="a group of checkpoints by file-name glob (repeatable); replaces the prefix groups")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -45,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
     from geokd.evaluate import evaluate_checkpoints, group_by_patterns, summarize_groups
 
     patterns = _parse_groups(args.group)
-    dataset = load_dataset(args.dataset, split=args.split, root=args.data_root)
+    dataset = load_dataset(args.dataset, split=args.split, root=args.data_root, **dataset_options(args))
     results = evaluate_checkpoints(args.checkpoints, dataset, batch_size=args.batch_size, device=args.device,
                                    workers=args.workers)
     groups = group_by_patterns([r.name for r in results], patterns) if patterns else None

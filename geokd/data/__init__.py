@@ -1,8 +1,10 @@
 """Datasets and mini-batches.
 
 ``load_dataset(name, split=...)`` returns a whole split as uint8 tensors
-(:class:`TensorDataset`); :class:`BatchLoader` turns it into normalized float
-batches on any device, with batched crop/flip augmentation.
+(:class:`TensorDataset`), for a named dataset, ``imagefolder:PATH`` or a user's
+``MODULE:CALLABLE`` factory; :func:`write_image_folder` exports one as PNGs;
+:class:`BatchLoader` turns it into normalized float batches on any device, with
+batched crop/flip augmentation.
 
 Examples
 --------
@@ -17,6 +19,7 @@ from geokd.data import augment
 from geokd.data.augment import normalize, random_crop_flip
 from geokd.data.cache import cache_root
 from geokd.data.dataset import TensorDataset, balanced_indices
+from geokd.data.imagefolder import write_image_folder
 from geokd.data.loader import BatchLoader
 from geokd.data.registry import (
     available_datasets,
@@ -39,4 +42,5 @@ __all__ = [
     "load_dataset",
     "normalize",
     "random_crop_flip",
+    "write_image_folder",
 ]

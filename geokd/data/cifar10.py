@@ -117,8 +117,11 @@ def verify_official(arrays: dict[str, np.ndarray], *, source: str) -> dict[str, 
     return verified
 
 
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Rebuilds numpy arrays, dicts, lists, strings and numbers; nothing else."""
+class ArrayOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds numpy arrays, dicts, lists, strings and numbers; nothing else.
+
+    Shared by the CIFAR-10 and CIFAR-100 readers (their python releases are such pickles).
+    """
 
     _allowed = {
         ("numpy.core.multiarray", "_reconstruct"),
@@ -130,7 +133,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._allowed:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR python batch "
+                                         "(only numpy arrays and plain containers are)")
         if name == "_reconstruct":
             try:  # numpy >= 2 (the old numpy.core path only warns there)
                 from numpy._core.multiarray import _reconstruct
@@ -147,7 +151,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 def _read_pickled_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            batch = _ArrayOnlyUnpickler(f, encoding="latin1").load()
+            batch = ArrayOnlyUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
         raise DataIntegrityError(
             f"cifar10: {path} is not a readable CIFAR-10 python batch ({exc}); "

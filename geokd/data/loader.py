@@ -8,7 +8,7 @@ import torch
 
 from geokd.data.augment import random_crop_flip
 from geokd.data.dataset import TensorDataset
-from geokd.data.registry import available_datasets, dataset_defaults
+from geokd.data.registry import dataset_defaults
 
 
 class BatchLoader:
@@ -57,9 +57,11 @@ class BatchLoader:
             raise ValueError(f"dataset {dataset.name!r} ({dataset.split}) is empty: nothing to batch")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        # Datasets built by hand (not by name) get the paper's CIFAR-10 setting.
-        known = dataset.name in available_datasets()
-        defaults = dataset_defaults(dataset.name) if known else {"padding": 4, "flip": True}
+        # Datasets built by hand (not by name or spec) get the paper's CIFAR-10 setting.
+        try:
+            defaults = dataset_defaults(dataset.name, image_size=dataset.image_shape[-1])
+        except ValueError:
+            defaults = {"padding": 4, "flip": True}
         padding = defaults["padding"] if padding is None else padding
         flip = defaults["flip"] if flip is None else flip
         if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
