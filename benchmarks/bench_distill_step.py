@@ -4,8 +4,9 @@ The step measured is the trainer's own (:class:`geokd.train.loop._Stepper`, the 
 :func:`geokd.train.fit` calls per batch), on parts built by :func:`geokd.train.build_parts`
 from a :class:`TrainConfig`: the paper's setting, CIFAR-10 batches of 128 from geokd's
 ``BatchLoader`` (crop + flip), student WRN-28-0.5 trained by SGD (lr 0.1, momentum 0.9,
-wd 5e-4), the released WRN-28-1 teacher (``/work/shared/graph_kd``) read at the 3 sensing
-points ``layer1, layer2, pool``, in the trainer's default layout (channels-last on a CPU).
+wd 5e-4), the released WRN-28-1 teacher (in ``geokd.checkpoints.released.released_dir()``,
+``$GEOKD_RELEASED_DIR``) read at the 3 sensing points ``layer1, layer2, pool``, in the
+trainer's default layout (channels-last on a CPU).
 
 Cases, all on the same batches:
 
@@ -60,7 +61,6 @@ from geokd.train.config import resolve_channels_last
 from geokd.train.distributed import DistributedContext
 from geokd.train.loop import TrainingParts, _optimizer, _Stepper
 
-RELEASED_TEACHER = Path("/work/shared/graph_kd/WideResNet28-1_0.pth")
 TARGET_OVERHEAD = 1.05
 #: The A/A case: the baseline step on a second copy of the student (see the module docstring).
 CONTROL = "ce+teacher (A/A)"
@@ -70,6 +70,13 @@ TERM_CASES = [
     ("gkd k=10", "gkd", 25.0, {"k": 10}),
     ("rkd_distance", "rkd_distance", 25.0, {}),
 ]
+
+
+def released_teacher() -> Path:
+    """The released WRN-28-1 teacher, in the folder of :func:`geokd.checkpoints.released.released_dir`."""
+    from geokd.checkpoints.released import released_dir
+
+    return released_dir() / "WideResNet28-1_0.pth"
 
 
 def paper_config(*, batch_size: int, depth: int, teacher: Path | None) -> TrainConfig:
@@ -209,7 +216,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=45)
     parser.add_argument("--steps", type=int, default=1, help="consecutive steps per timed sample")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--teacher", type=Path, default=RELEASED_TEACHER)
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="teacher checkpoint (default: WideResNet28-1_0.pth in $GEOKD_RELEASED_DIR, see released_dir())")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: WRN-10 student/teacher stand-ins, batch 32, 2 repeats")
@@ -229,7 +237,7 @@ def main(argv=None) -> dict:
         config = paper_config(batch_size=32, depth=10, teacher=teacher_path)
         repeats, steps, warmup = 2, 1, 1
     else:
-        config = paper_config(batch_size=args.batch_size, depth=28, teacher=args.teacher)
+        config = paper_config(batch_size=args.batch_size, depth=28, teacher=args.teacher or released_teacher())
         repeats, steps, warmup = args.repeats, args.steps, 2
     parts, config = build_parts(config, device=device, ctx=DistributedContext())
     if args.quick:

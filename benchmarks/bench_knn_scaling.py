@@ -1,8 +1,8 @@
 """Dataset-scale cosine k-NN graphs at the layer1 size, against scikit-learn and PyGSP, and how they scale.
 
 Data: real activations, the ``layer1`` output (16 x 32 x 32 = 16,384 values) of the released
-WRN-28-1 teacher (``/work/shared/graph_kd``) on the first N CIFAR-10 training images
-(float32, no augmentation), k = 10.
+WRN-28-1 teacher (in ``geokd.checkpoints.released.released_dir()``, ``$GEOKD_RELEASED_DIR``) on
+the first N CIFAR-10 training images (float32, no augmentation), k = 10.
 
 At ``--n`` (10,000) points, measured in one run, interleaved (``--rounds`` rounds in the
 order exact, sklearn, approximate, then reversed, so that a change of machine load hits
@@ -58,7 +58,6 @@ from benchmarks.bench_matmul_peak import measure_matmul_peak
 from geokd.graphs import knn_graph
 from geokd.graphs.dataset_knn import search_dtype
 
-RELEASED_TEACHER = Path("/work/shared/graph_kd/WideResNet28-1_0.pth")
 K = 10
 TARGET_MEMORY_MB = 2048
 TARGET_VS_PYGSP = 3.0
@@ -67,11 +66,14 @@ TARGET_RECALL = 0.99
 
 
 @torch.no_grad()
-def layer1_activations(n: int, *, teacher_path: Path = RELEASED_TEACHER, device="cpu", batch: int = 500) -> np.ndarray:
-    """``(n, 16384)`` float32 layer1 outputs of the released teacher on the first n CIFAR-10 training images."""
+def layer1_activations(n: int, *, teacher_path: Path | None = None, device="cpu", batch: int = 500) -> np.ndarray:
+    """``(n, 16384)`` float32 layer1 outputs of the released teacher on the first n CIFAR-10 training images
+    (default ``teacher_path``: ``WideResNet28-1_0.pth`` in :func:`geokd.checkpoints.released.released_dir`)."""
     from geokd.checkpoints import load_any
+    from geokd.checkpoints.released import released_dir
     from geokd.data import BatchLoader, load_dataset
 
+    teacher_path = teacher_path or released_dir() / "WideResNet28-1_0.pth"
     teacher = load_any(teacher_path, device=device).eval()
     train = load_dataset("cifar10", split="train")
     if n > len(train):

@@ -38,7 +38,10 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
 def released_dir() -> str:
-    return os.environ.get("GEOKD_GRAPH_KD", os.path.join(ROOT, "..", "shared", "graph_kd"))
+    """The released networks' folder: :func:`geokd.checkpoints.released.released_dir` ($GEOKD_RELEASED_DIR)."""
+    from geokd.checkpoints.released import released_dir as geokd_released_dir
+
+    return str(geokd_released_dir())
 
 
 def matmul_peak_gflops() -> float:

@@ -208,6 +208,55 @@ def evaluate_model(model: nn.Module, dataset, *, batch_size: int = 100, device="
     return _count_wrong(fast, batches, name=name, num_classes=dataset.num_classes)
 
 
+_GLOB_CHARS = re.compile(r"[*?[]")
+
+
+def expand_checkpoints(patterns) -> list[str]:
+    """The networks named by ``geokd evaluate NETWORK...``: globs expanded (in natural order).
+
+    Existing paths and network specs are kept as given; ``$VARS`` and ``~`` are expanded,
+    ``$GEOKD_RELEASED_DIR`` being the released networks' folder
+    (:func:`geokd.checkpoints.released.released_dir`, default included). A glob that matches
+    nothing (e.g. one the shell passed on unexpanded) is an error naming the folder it looked
+    in and whether that exists; so is a variable that is not set.
+
+    Examples
+    --------
+    >>> expand_checkpoints(["torchvision:resnet18?num_classes=10"])
+    ['torchvision:resnet18?num_classes=10']
+    >>> expand_checkpoints(["/nowhere/runs/*.pt"])
+    Traceback (most recent call last):
+    ...
+    geokd.errors.ConfigError: no file matches '*.pt' in /nowhere/runs (that folder does not exist)
+    """
+    import glob
+
+    from geokd.checkpoints.released import fill_released_dir, no_match_message, unset_variable_message, unset_variables
+    from geokd.errors import ConfigError
+    from geokd.models.specs import is_network_spec
+
+    def natural(text: str):
+        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+    found = []
+    for pattern in map(os.fspath, patterns):
+        if os.path.exists(pattern) or is_network_spec(pattern):
+            found.append(pattern)
+            continue
+        expanded = os.path.expandvars(os.path.expanduser(fill_released_dir(pattern)))
+        unset = unset_variables(expanded)
+        if unset:
+            raise ConfigError(unset_variable_message(pattern, unset))
+        if not _GLOB_CHARS.search(expanded):
+            found.append(expanded)  # a plain path: load_network says what is missing
+            continue
+        matches = glob.glob(expanded)
+        if not matches:
+            raise ConfigError(no_match_message(pattern, expanded))
+        found += sorted(matches, key=natural)
+    return found
+
+
 def evaluate_checkpoints(paths, dataset, *, batch_size: int = 100, device="cpu", workers: int | None = None,
                          fuse: bool = True, progress: bool | None = None) -> list[EvalResult]:
     """Evaluate networks on ``dataset``: checkpoint files (geokd's or the authors' pickles), run

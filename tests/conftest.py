@@ -3,21 +3,35 @@ import os
 import pytest
 import torch
 
+from geokd.checkpoints.released import REQUIRE_RELEASED_ENV, released_dir, released_dir_problem
+
 # Not oversubscribed on the 2-core machines this runs on: under pytest-xdist (`-n 2`) each
 # worker already has a core, and two threads per worker made small convolutions ~10x slower.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
-SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+
+def released_required() -> bool:
+    """Whether a missing released-networks folder fails the tests (``GEOKD_REQUIRE_RELEASED=1``, as in CI)."""
+    return os.environ.get(REQUIRE_RELEASED_ENV, "").strip() not in ("", "0")
 
 
-def shared_dir() -> str:
-    """The read-only shared folder beside the checkout (present in CI too)."""
-    path = os.environ.get("GEOKD_SHARED", SHARED)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"shared folder not found at {path}; set GEOKD_SHARED")
-    return path
+def released_dir_or_skip() -> str:
+    """The GKD authors' released networks' folder (:func:`released_dir`), for tests that read them.
+
+    When it is missing the test is skipped with the reason (the setting, the folder looked
+    at, where the files come from); with ``GEOKD_REQUIRE_RELEASED=1`` it fails instead, so
+    CI never silently skips them.
+    """
+    problem = released_dir_problem()
+    if problem is None:
+        return str(released_dir())
+    if released_required():
+        pytest.fail(f"{problem}. {REQUIRE_RELEASED_ENV}=1, so a missing folder is a failure here, not a skip",
+                    pytrace=False)
+    pytest.skip(f"{problem}. (Set {REQUIRE_RELEASED_ENV}=1 to make this a failure instead of a skip.)")
 
 
 @pytest.fixture(scope="session")
 def graph_kd_dir() -> str:
-    return os.path.join(shared_dir(), "graph_kd")
+    """Every test that reads the released networks takes this fixture (see released_dir_or_skip)."""
+    return released_dir_or_skip()

@@ -153,7 +153,7 @@ def test_collect_activations_restores_the_models_memory_format():
     assert any(not p.is_contiguous() for p in net.parameters() if p.dim() == 4)
 
 
-def test_shipped_analysis_configs_name_the_released_networks():
+def test_shipped_analysis_configs_name_the_released_networks(graph_kd_dir):  # skips without them
     import os
 
     from geokd.analysis.sources import expand_paths

@@ -17,6 +17,7 @@ import re
 
 from geokd.analysis.pipeline import Network
 from geokd.checkpoints.networks import RUN_MODEL_FILE
+from geokd.checkpoints.released import fill_released_dir, no_match_message, unset_variable_message, unset_variables
 from geokd.errors import ConfigError
 from geokd.models.specs import is_network_spec, parse_network_spec
 
@@ -65,16 +66,29 @@ def network_from_path(path: str, *, method: str | None = None) -> Network:
 def expand_paths(patterns, *, base_dir: str = ".") -> list[str]:
     """Expand ``$VARS`` and globs in ``patterns``, relative to ``base_dir``, sorted naturally.
 
-    A pattern that matches nothing is an error (a typo would silently drop networks).
+    ``$GEOKD_RELEASED_DIR`` is the released networks' folder
+    (:func:`geokd.checkpoints.released.released_dir`, default included). A pattern that
+    matches nothing is an error naming the folder looked in and whether it exists (a typo
+    would silently drop networks); so is a variable that is not set.
+
+    Examples
+    --------
+    >>> expand_paths(["/nowhere/shared/graph_kd/GKD_*.pth"])
+    Traceback (most recent call last):
+    ...
+    geokd.errors.ConfigError: expected networks at '/nowhere/shared/graph_kd/GKD_*.pth': no file matches 'GKD_*.pth' in /nowhere/shared/graph_kd (that folder does not exist; set GEOKD_RELEASED_DIR or --released-dir)
     """
     found = []
     for pattern in patterns:
-        expanded = os.path.expandvars(os.path.expanduser(pattern))
+        expanded = os.path.expandvars(os.path.expanduser(fill_released_dir(pattern)))
+        unset = unset_variables(expanded)
+        if unset:
+            raise ConfigError(f"expected networks at {unset_variable_message(pattern, unset)}")
         if not os.path.isabs(expanded):
             expanded = os.path.join(base_dir, expanded)
         matches = glob.glob(expanded)
         if not matches:
-            raise ConfigError(f"expected networks at {pattern!r} (looked for {expanded}), found none")
+            raise ConfigError(f"expected networks at {pattern!r}: {no_match_message(pattern, expanded)}")
         found += sorted(matches, key=_natural_key)
     return found
 

@@ -3,8 +3,8 @@
 Example (``analysis/released_checkpoints.toml``)::
 
     [networks]
-    teacher = "../../shared/graph_kd/WideResNet28-1_0.pth"
-    students = ["../../shared/graph_kd/GKD_*.pth", "../../shared/graph_kd/RKD_*.pth"]
+    teacher = "$GEOKD_RELEASED_DIR/WideResNet28-1_0.pth"
+    students = ["$GEOKD_RELEASED_DIR/GKD_*.pth", "$GEOKD_RELEASED_DIR/RKD_*.pth"]
     [data]
     dataset = "cifar10"
     split = "test"
@@ -18,7 +18,10 @@ Example (``analysis/released_checkpoints.toml``)::
     k = 10
     num_eigenvectors = 10
 
-Relative paths are relative to the study file; ``$VARS`` are expanded.
+Relative paths are relative to the study file; ``$VARS`` are expanded, and one that is not
+set is an error naming it. ``$GEOKD_RELEASED_DIR`` is the folder of the GKD authors' released
+networks (:func:`geokd.checkpoints.released.released_dir`: the variable, ``geokd
+--released-dir DIR``, or ``../shared/graph_kd`` beside the checkout when that exists).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from geokd.checkpoints.released import RELEASED_DIR_ENV, fill_released_dir, unset_variable_message, unset_variables
 from geokd.errors import ConfigError
 from geokd.models.specs import is_network_spec
 
@@ -86,7 +90,14 @@ def load_study(path: str) -> Study:
     def resolve(p: str) -> str:
         # A spec (torchvision:resnet18@w.pt) names a builder, not a file: only its
         # weights part is a path relative to the study.
-        p = os.path.expandvars(os.path.expanduser(p))
+        try:  # $GEOKD_RELEASED_DIR: the released networks' folder, default included
+            p = fill_released_dir(p)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: {p!r} needs ${RELEASED_DIR_ENV}: {exc}") from None
+        given, p = p, os.path.expandvars(os.path.expanduser(p))
+        unset = unset_variables(p)
+        if unset:  # left as a literal "$NAME" path, it would fail later and far from here
+            raise ConfigError(f"{path}: {unset_variable_message(given, unset)}")
         if is_network_spec(p):
             source, at, weights = p.partition("@")
             return source + at + (resolve(weights) if at else "")

@@ -18,6 +18,10 @@ so this module reads the pickle with an unpickler that
 Both torch serialisation formats are read: the legacy stream format of the released files
 (torch < 1.6) and the zip format of newer ``torch.save``.
 
+Where the released files are is one setting, read by :func:`released_dir`: the environment
+variable ``GEOKD_RELEASED_DIR`` (``geokd --released-dir DIR`` sets it for one command), else
+``../shared/graph_kd`` beside the repository checkout when that folder exists.
+
 Examples
 --------
 >>> import io, pickle
@@ -39,13 +43,170 @@ import re
 import struct
 import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from geokd.errors import CheckpointError
 
-__all__ = ["ModuleStandIn", "load_released_state_dict", "restricted_loads", "extract_state_dict"]
+__all__ = ["ModuleStandIn", "load_released_state_dict", "restricted_loads", "extract_state_dict",
+           "released_dir", "released_dir_problem"]
+
+# ----------------------------------------------------------------------------- where they are
+
+#: The environment variable naming the folder of the GKD authors' released networks.
+RELEASED_DIR_ENV = "GEOKD_RELEASED_DIR"
+#: The command-line option that sets :data:`RELEASED_DIR_ENV` for one ``geokd`` command.
+RELEASED_DIR_OPTION = "--released-dir"
+#: Set to 1 (as ``.ci/run`` does) to make a missing folder a test failure instead of a skip.
+REQUIRE_RELEASED_ENV = "GEOKD_REQUIRE_RELEASED"
+#: The fallback, used only when it exists: ``../shared/graph_kd`` beside the repository checkout.
+DEFAULT_RELEASED_DIR = Path(__file__).resolve().parents[3] / "shared" / "graph_kd"
+#: What the folder holds and where it comes from (for error messages and skip reasons).
+RELEASED_ORIGIN = (
+    "the 21 networks published with the GKD paper by its authors (github.com/cadurosar/graph_kd, "
+    "MIT licence): WideResNet28-1_0.pth, GKD_*.pth and RKD_*.pth, with the SHA256SUMS that pins them"
+)
+
+
+def _env_released_dir() -> Path | None:
+    value = os.environ.get(RELEASED_DIR_ENV, "").strip()
+    return Path(os.path.abspath(os.path.expanduser(value))) if value else None
+
+
+def released_dir_problem() -> str | None:
+    """Why :func:`released_dir` has no existing folder to give, or None when it has one.
+
+    The message names the setting (``GEOKD_RELEASED_DIR``, ``geokd --released-dir``), the
+    folder looked at and where the files come from; tests skip with it.
+    """
+    folder = _env_released_dir()
+    if folder is not None:
+        if folder.is_dir():
+            return None
+        state = "is not a folder" if folder.exists() else "does not exist"
+        where = f"{RELEASED_DIR_ENV} names {folder}, which {state}"
+    elif DEFAULT_RELEASED_DIR.is_dir():
+        return None
+    else:
+        where = (f"{RELEASED_DIR_ENV} is not set and the default folder {DEFAULT_RELEASED_DIR} "
+                 "(../shared/graph_kd beside the checkout) does not exist")
+    return (f"the GKD authors' released networks are not available: {where}. Set {RELEASED_DIR_ENV}=DIR "
+            f"(or pass geokd {RELEASED_DIR_OPTION} DIR) to a folder holding {RELEASED_ORIGIN}")
+
+
+def released_dir() -> Path:
+    """The folder of the GKD authors' released networks (``WideResNet28-1_0.pth``, ``GKD_*.pth``…).
+
+    The one place this location is decided: ``$GEOKD_RELEASED_DIR`` when set (as given,
+    made absolute; ``geokd --released-dir DIR`` sets it for the process), else
+    :data:`DEFAULT_RELEASED_DIR` (``../shared/graph_kd`` beside the repository checkout),
+    only if that folder exists.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the variable is unset and the default folder does not exist; the message
+        names the variable, the option and where the files come from.
+
+    Examples
+    --------
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"GEOKD_RELEASED_DIR": "/data/graph_kd"}):
+    ...     print(released_dir())
+    /data/graph_kd
+    >>> with mock.patch.dict(os.environ, {"GEOKD_RELEASED_DIR": ""}), mock.patch(
+    ...         "geokd.checkpoints.released.DEFAULT_RELEASED_DIR", Path("/nowhere/shared/graph_kd")):
+    ...     released_dir()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: the GKD authors' released networks are not available: GEOKD_RELEASED_DIR is not set and the default folder /nowhere/shared/graph_kd (...) does not exist. Set GEOKD_RELEASED_DIR=DIR (or pass geokd --released-dir DIR) to a folder holding ...
+    """
+    folder = _env_released_dir()
+    if folder is not None:
+        return folder
+    if DEFAULT_RELEASED_DIR.is_dir():
+        return DEFAULT_RELEASED_DIR
+    raise FileNotFoundError(released_dir_problem())
+
+
+_RELEASED_VAR = re.compile(r"\$(?:\{%s\}|%s(?!\w))" % (RELEASED_DIR_ENV, RELEASED_DIR_ENV))
+_ANY_VAR = re.compile(r"\$(?:\{([^}]*)\}|(\w+))")
+_GLOB_CHARS = re.compile(r"[*?[]")
+
+
+def fill_released_dir(text: str) -> str:
+    """``text`` with ``$GEOKD_RELEASED_DIR`` / ``${GEOKD_RELEASED_DIR}`` replaced by :func:`released_dir`.
+
+    Only needed while the variable is unset (then the default folder stands in for it, or
+    :func:`released_dir` raises its explanation); a set variable is left for
+    :func:`os.path.expandvars`.
+
+    >>> import tempfile
+    >>> from unittest import mock
+    >>> with tempfile.TemporaryDirectory() as folder, mock.patch.dict(os.environ, {"GEOKD_RELEASED_DIR": ""}), \\
+    ...         mock.patch("geokd.checkpoints.released.DEFAULT_RELEASED_DIR", Path(folder)):
+    ...     fill_released_dir("$GEOKD_RELEASED_DIR/GKD_*.pth") == f"{folder}/GKD_*.pth"
+    True
+    """
+    if _env_released_dir() is not None or not _RELEASED_VAR.search(text):
+        return text
+    folder = str(released_dir())
+    return _RELEASED_VAR.sub(lambda _: folder, text)  # a function's result is not escape-processed
+
+
+def unset_variables(text: str) -> list[str]:
+    """Names of the ``$VAR`` / ``${VAR}`` left in ``text`` after :func:`os.path.expandvars`.
+
+    >>> unset_variables("$GEOKD_SURELY_UNSET_VARIABLE/x/${ALSO_NOT_SET_HERE}")
+    ['GEOKD_SURELY_UNSET_VARIABLE', 'ALSO_NOT_SET_HERE']
+    """
+    return [m.group(1) or m.group(2) for m in _ANY_VAR.finditer(text) if (m.group(1) or m.group(2))]
+
+
+def unset_variable_message(text: str, names) -> str:
+    """Error wording for ``text`` whose variables ``names`` are not set."""
+    names = list(names)
+    listed = ", ".join(f"${n}" for n in names)
+    message = f"{text!r} uses {listed}, which {'is' if len(names) == 1 else 'are'} not set"
+    if RELEASED_DIR_ENV in names:
+        message += f" (set {RELEASED_DIR_ENV}=DIR or pass geokd {RELEASED_DIR_OPTION} DIR)"
+    return message
+
+
+def _looks_released(pattern: str, folder: str, rest: str) -> bool:
+    if RELEASED_DIR_ENV in pattern or os.path.basename(folder) == "graph_kd":
+        return True
+    if rest.startswith(("GKD_", "RKD_", "WideResNet28")):
+        return True
+    candidates = [DEFAULT_RELEASED_DIR] + ([_env_released_dir()] if _env_released_dir() else [])
+    return any(os.path.normpath(folder) == os.path.normpath(c) for c in candidates)
+
+
+def no_match_message(pattern: str, expanded: str | None = None) -> str:
+    """Why the path or glob ``pattern`` (``expanded``: with variables and base folder applied)
+    matched nothing: the folder looked in, whether it exists, and the released networks'
+    setting when the pattern looks like their folder.
+
+    >>> no_match_message("/nowhere/shared/graph_kd/GKD_*.pth")
+    "no file matches 'GKD_*.pth' in /nowhere/shared/graph_kd (that folder does not exist; set GEOKD_RELEASED_DIR or --released-dir)"
+    >>> no_match_message("/nowhere/runs/*/seed*")
+    "no file matches '*/seed*' in /nowhere/runs (that folder does not exist)"
+    """
+    expanded = os.path.abspath(expanded if expanded is not None else pattern)
+    parts = Path(expanded).parts
+    cut = len(parts) - 1
+    for i, part in enumerate(parts[:-1]):
+        if _GLOB_CHARS.search(part):
+            cut = i
+            break
+    folder = os.path.join(*parts[:cut]) if cut else os.sep
+    rest = "/".join(parts[cut:])
+    state = "that folder exists" if os.path.isdir(folder) else "that folder does not exist"
+    if _looks_released(pattern, folder, rest):
+        state += f"; set {RELEASED_DIR_ENV} or {RELEASED_DIR_OPTION}"
+    return f"no file matches {rest!r} in {folder} ({state})"
 
 # torch.save's legacy stream format starts with this pickled int.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -204,10 +365,14 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the Python implementation: its
             if key not in self._stand_ins:
                 self._stand_ins[key] = type(name, (ModuleStandIn,), {"qualified_name": qualified})
             return self._stand_ins[key]
+        if self._class_prefixes:
+            classes = "classes under " + ", ".join(repr(p) for p in self._class_prefixes)
+        else:  # e.g. a legacy file's header and storage list, which hold no modules
+            classes = "no classes (no module class prefix is admitted in this part of the file)"
         raise CheckpointError(
             f"refused global '{module}.{name}': this pickle tries to import or call something other "
             "than module state and tensors (allowed: collections.OrderedDict, torch tensor/parameter "
-            f"rebuilds, torch.*Storage, torch.device, and classes under {', '.join(self._class_prefixes)}); "
+            f"rebuilds, torch.*Storage, torch.device, and {classes}); "
             "nothing from the file was run"
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -23,6 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Geometric knowledge distillation: graphs, losses, training and analysis.",
     )
     parser.add_argument("--version", action="version", version=f"geokd {__version__}")
+    parser.add_argument(
+        "--released-dir", metavar="DIR", default=None,
+        help="folder of the GKD authors' released networks (github.com/cadurosar/graph_kd: "
+             "WideResNet28-1_0.pth, GKD_*.pth, RKD_*.pth); give it before the command. Sets "
+             "$GEOKD_RELEASED_DIR for this process, so every command and study file sees it "
+             "(read by geokd.checkpoints.released.released_dir(); default: $GEOKD_RELEASED_DIR, else "
+             "../shared/graph_kd beside the checkout when that folder exists)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -35,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.released_dir is not None:
+        # One setting for the whole process: studies' $GEOKD_RELEASED_DIR and released_dir() read it.
+        os.environ["GEOKD_RELEASED_DIR"] = os.path.abspath(os.path.expanduser(args.released_dir))
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0

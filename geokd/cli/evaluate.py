@@ -19,7 +19,8 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("checkpoints", nargs="+", metavar="NETWORK",
-                        help="run directories, checkpoint files (globs allowed) or network specs such as "
+                        help="run directories, checkpoint files (globs and $VARS allowed, e.g. "
+                             "'$GEOKD_RELEASED_DIR/GKD_*.pth') or network specs such as "
                              "'torchvision:resnet18?num_classes=10@weights.pt'")
     parser.add_argument("--dataset", required=True,
                         help="dataset name (cifar10, cifar100, digits, mnist, fashion-mnist), "
@@ -49,11 +50,12 @@ def _parse_groups(specs: list[str]) -> dict[str, str]:
 
 def _run(args: argparse.Namespace) -> int:
     from geokd.data import load_dataset
-    from geokd.evaluate import evaluate_checkpoints, group_by_patterns, summarize_groups
+    from geokd.evaluate import evaluate_checkpoints, expand_checkpoints, group_by_patterns, summarize_groups
 
     patterns = _parse_groups(args.group)
+    checkpoints = expand_checkpoints(args.checkpoints)  # before the dataset: a glob that matches nothing fails fast
     dataset = load_dataset(args.dataset, split=args.split, root=args.data_root, **dataset_options(args))
-    results = evaluate_checkpoints(args.checkpoints, dataset, batch_size=args.batch_size, device=args.device,
+    results = evaluate_checkpoints(checkpoints, dataset, batch_size=args.batch_size, device=args.device,
                                    workers=args.workers)
     groups = group_by_patterns([r.name for r in results], patterns) if patterns else None
     summaries = summarize_groups(results, groups)

@@ -92,13 +92,15 @@ def _analyze_and_draw(planned, *, study_dir: str, dataset: str, device: str) -> 
     """The study's closing figures: the same two steps a user runs by hand, so that the
     figures can be redrawn (or the analysis rerun with other options) from the saved runs:
     geokd analyze <students> --teacher <teacher run> --per-class 0, then geokd figures."""
-    from geokd.cli import analyze, figures
+    from geokd.cli import analyze, build_parser, figures
 
     teacher = next(str(p.run_dir) for p in planned if p.method == "teacher")
     students = [str(p.run_dir) for p in planned if p.method != "teacher"]
     out = os.path.join(study_dir, "analysis")
-    options = dict(networks=students, config=None, teacher=teacher, dataset=dataset, split="test", per_class=0,
-                   node_seed=None, output_on=None, k=None, layers=None, mean=None, std=None, linear_probe=None,
-                   device=device, batch_size=500, out=out)
-    analyze.run(argparse.Namespace(**options))
-    figures.run(argparse.Namespace(directories=[out], out=os.path.join(study_dir, "figures")))
+    # Parsed by the real parser, so every option of ``geokd analyze`` (today's and any added
+    # later) takes its command-line default instead of a hand-kept copy of the list.
+    args = build_parser().parse_args(["analyze", *students, "--teacher", teacher, "--dataset", dataset,
+                                      "--split", "test", "--per-class", "0", "--device", device,
+                                      "--batch-size", "500", "--out", out])
+    analyze.run(args)
+    figures.run(build_parser().parse_args(["figures", out, "--out", os.path.join(study_dir, "figures")]))
