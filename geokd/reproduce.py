@@ -422,7 +422,8 @@ def _tabulate(study: Study, *, out, device, command: str) -> StudyTable:
     if not finished:
         raise ValueError(f"study {study.name!r}: no finished student runs under {Path(out) / study.name}")
     data = finished[0].config.data
-    test_set = load_dataset(data.name, split="test", root=data.root, download=data.download)
+    test_set = load_dataset(data.name, split="test", root=data.root, download=data.download,
+                            image_size=data.image_size)
     batches = BatchLoader(test_set, batch_size=data.batch_size, shuffle=False, augment=False, device=device,
                           drop_last=True)
     if teacher_error is None:

@@ -182,6 +182,9 @@ class DistillationTerm(torch.nn.Module):
         The trainer clips this term's gradient to the task gradient's norm (KD-SVD).
     needs_teacher : bool
         The term compares with a teacher's outputs.
+    uses_features : bool
+        The term reads the sensing points' features (``False``: logits only, e.g. ``"kd"``),
+        so a network without sensing points is an error only for terms that use them.
     student_taps, teacher_taps : tuple[str, ...] or None
         Module names overriding the models' sensing points (``"name:input"`` taps a
         module's input, e.g. a pre-ReLU response).
@@ -191,6 +194,7 @@ class DistillationTerm(torch.nn.Module):
     init_only: bool = False
     clip_to_task_gradient: bool = False
     needs_teacher: bool = True
+    uses_features: bool = True
     student_taps: tuple[str, ...] | None = None
     teacher_taps: tuple[str, ...] | None = None
 

@@ -80,6 +80,8 @@ class HintonKD(DistillationTerm):
     0.0
     """
 
+    uses_features = False  # logits only: runs with networks that name no sensing points
+
     def __init__(self, *, temperature: float = 4.0):
         super().__init__()
         self.temperature = check_positive("temperature", temperature)

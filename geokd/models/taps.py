@@ -39,7 +39,7 @@ from torch import nn
 
 from geokd.models.outputs import ModelOutputs
 
-__all__ = ["FeatureTaps", "forward_with_features", "parse_tap_name"]
+__all__ = ["FeatureTaps", "LogitsOnly", "forward_with_features", "parse_tap_name"]
 
 INPUT_SUFFIX = ":input"
 
@@ -187,6 +187,29 @@ class FeatureTaps:
 
     def __repr__(self) -> str:
         return f"FeatureTaps({type(self.model).__name__}, {list(self.names)})"
+
+
+class LogitsOnly:
+    """The taps of a network with no sensing points: its plain forward, no features.
+
+    Examples
+    --------
+    >>> net = torch.nn.Linear(4, 3)
+    >>> out = LogitsOnly(net)(torch.randn(2, 4))
+    >>> tuple(out.logits.shape), out.features
+    ((2, 3), [])
+    """
+
+    names: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __call__(self, x, *args, **kwargs) -> ModelOutputs:
+        return ModelOutputs(_logits_of(self.model(x, *args, **kwargs)), [])
+
+    def __repr__(self) -> str:
+        return f"LogitsOnly({type(self.model).__name__})"
 
 
 def forward_with_features(model: nn.Module, x, names=None) -> ModelOutputs:

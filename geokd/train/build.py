@@ -98,9 +98,22 @@ def build_terms(config: TrainConfig, *, device: torch.device) -> list[Term]:
 
 
 def _taps(model: nn.Module, names: tuple[str, ...]) -> Callable:
-    from geokd.models.taps import FeatureTaps
+    from geokd.models.taps import FeatureTaps, LogitsOnly
 
-    return FeatureTaps(model, list(names))
+    # No sensing points (a torchvision network trained with cross-entropy or KD alone):
+    # the plain forward, with no hooks and no features.
+    return FeatureTaps(model, list(names)) if names else LogitsOnly(model)
+
+
+def _require_points(terms: list[Term], points: tuple[str, ...], *, role: str, setting: str, model: nn.Module) -> None:
+    """A term that reads the sensing points' features needs some: say which setting names them."""
+    reading = [t.name for t in terms if getattr(t.module, "uses_features", True)
+               and not getattr(t.module, f"{role}_taps", None) and (role == "student" or t.needs_teacher)]
+    if reading and not points:
+        raise ConfigError(
+            f"{setting}: the terms {', '.join(reading)} compare the {role}'s sensing points, but the {role} "
+            f"({type(model).__name__}) declares none; expected {setting} = [module names, ...] "
+            f"(`geokd layers NETWORK` lists them)")
 
 
 def build_parts(config: TrainConfig, *, device: torch.device, ctx: DistributedContext) -> tuple[TrainingParts, TrainConfig]:
@@ -111,8 +124,8 @@ def build_parts(config: TrainConfig, *, device: torch.device, ctx: DistributedCo
     d = config.data
     generator = seed_everything(config.run.seed)
     train_set = load_dataset(d.name, split="train", root=d.root, download=d.download, fraction=d.fraction,
-                             seed=d.fraction_seed)
-    test_set = load_dataset(d.name, split="test", root=d.root, download=d.download)
+                             seed=d.fraction_seed, image_size=d.image_size)
+    test_set = load_dataset(d.name, split="test", root=d.root, download=d.download, image_size=d.image_size)
     n_train = len(train_set.labels)
     if ctx.enabled:
         ctx.check_batch(d.batch_size, what="data.batch_size")
@@ -138,6 +151,7 @@ def build_parts(config: TrainConfig, *, device: torch.device, ctx: DistributedCo
     _check_points(student, points, role="student")
 
     terms = build_terms(config, device=device)
+    _require_points(terms, points, role="student", setting="model.sensing_points", model=student)
     local_batch = d.batch_size // ctx.world_size if not config.run.global_batch_graph else d.batch_size
     for term, tc in zip(terms, config.terms):
         k = tc.params.get("k")
@@ -155,8 +169,9 @@ def build_parts(config: TrainConfig, *, device: torch.device, ctx: DistributedCo
                 "set teacher = \"<run dir or checkpoint>\""
             )
         teacher = load_teacher(config.teacher, device=device)
-        teacher_points = tuple(getattr(teacher, "sensing_points", ()))
+        teacher_points = tuple(config.teacher_sensing_points or getattr(teacher, "sensing_points", ()))
         _check_points(teacher, teacher_points, role="teacher")
+        _require_points(terms, teacher_points, role="teacher", setting="teacher_sensing_points", model=teacher)
         teacher_taps = _taps(teacher, teacher_points)
     term_taps = {}
     for term in terms:

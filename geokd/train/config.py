@@ -58,8 +58,9 @@ __all__ = [
 class DataConfig:
     """Which data and how it is batched (the paper: CIFAR-10, batch 128, crop + flip)."""
 
-    name: str = "cifar10"
+    name: str = "cifar10"  # a dataset name, imagefolder:PATH or MODULE:CALLABLE (geokd.data.load_dataset)
     root: str | None = None
+    image_size: int | None = None  # imagefolder / MODULE:CALLABLE: resize + centre-crop to this side
     download: bool = True
     fraction: float | None = None
     fraction_seed: int = 0
@@ -132,13 +133,16 @@ class TrainConfig:
     """Everything that defines one training run.
 
     ``teacher`` is ``None`` to train a network from labels alone (cross-entropy), or a
-    run directory / checkpoint path of the frozen teacher. ``terms`` are the weighted
-    distillation terms added to the cross-entropy; empty means no distillation.
+    run directory / checkpoint path / network spec (``torchvision:resnet18?num_classes=10@t.pt``)
+    of the frozen teacher; ``teacher_sensing_points`` names its taps when it does not declare
+    its own (any network not of geokd's registry). ``terms`` are the weighted distillation
+    terms added to the cross-entropy; empty means no distillation.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: str | None = None
+    teacher_sensing_points: tuple[str, ...] | None = None
     ce_weight: float = 1.0  # weight of the cross-entropy term (Hinton KD: 1 - alpha)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
