@@ -17,6 +17,7 @@ import difflib
 
 from torch import nn
 
+from geokd.models.crd import CRD_MODELS
 from geokd.models.outputs import ModelOutputs
 from geokd.models.resnet_cifar import CifarResNet
 from geokd.models.small import MLP, SmallCNN
@@ -119,4 +120,9 @@ for _depth in (8, 14, 20, 32, 44, 56, 110):
     register_model(f"resnet{_depth}", CifarResNet, depth=_depth)
 register_model("mlp", MLP)
 register_model("small_cnn", SmallCNN)
-del _depth
+# The CRD benchmark's CIFAR-100 networks under its names (geokd/models/crd). Its resnet8 …
+# resnet110 are the CifarResNet registered above (same layers and parameter count), so
+# those names keep resolving to it; its "x4" ResNets have a narrower stem and are CRD's own.
+for _name, (_cls, _fixed) in CRD_MODELS.items():
+    register_model(_name, _cls, **_fixed)
+del _depth, _name, _cls, _fixed
