@@ -127,7 +127,7 @@ def _analyze(args, study, student_paths) -> int:
     if study.output_on == "nodes":
         images, labels, nodes = images[torch.as_tensor(nodes)], labels[nodes], np.arange(nodes.size)
     mean, std = list(data.mean), list(data.std)
-    print(f"analyzing {len(students)} students against {teacher.name} on {nodes.size} nodes "
+    print(f"analyzing {len(students)} student{'' if len(students) == 1 else 's'} against {teacher.name} on {nodes.size} nodes "
           f"({node_set}), output agreement on {len(labels)} inputs", file=sys.stderr)
     start = time.perf_counter()
     done = []
