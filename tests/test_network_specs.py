@@ -187,3 +187,31 @@ def test_wrong_layer_name_says_did_you_mean():
     net = torchvision.models.resnet18(num_classes=10)
     with pytest.raises(ValueError, match=r"did you mean 'layer4'.*geokd layers"):
         FeatureTaps(net, ["layer5"])
+
+
+def test_a_study_names_its_teacher_and_students_by_spec(tmp_path, resnet18_file):
+    # [networks] takes specs: the builder stays as written, only the weights part is a path,
+    # resolved against the study's folder; the network it names loads with those weights.
+    from geokd.analysis.study import load_study
+
+    net, weights = resnet18_file
+    study_file = tmp_path / "study" / "mine.toml"
+    study_file.parent.mkdir()
+    study_file.write_text(textwrap.dedent("""
+        [networks]
+        teacher = "torchvision:resnet18?num_classes=10@../resnet18.pt"
+        students = ["torchvision:mobilenet_v2?num_classes=10&width_mult=0.5"]
+        [data]
+        dataset = "imagefolder:folder"
+        image_size = 32
+        [graph]
+        layers = ["layer2", "layer4"]
+        student_layers = ["features.6", "features.18"]
+    """))
+    study = load_study(study_file)
+    assert study.teacher == f"torchvision:resnet18?num_classes=10@{weights}"
+    assert study.students == ["torchvision:mobilenet_v2?num_classes=10&width_mult=0.5"]
+    assert (study.layers, study.student_layers, study.image_size) == (
+        ["layer2", "layer4"], ["features.6", "features.18"], 32)
+    assert study.dataset == f"imagefolder:{study_file.parent / 'folder'}"  # relative to the study too
+    assert _same_weights(load_network(study.teacher), net)

@@ -68,6 +68,15 @@ class Study:
     linear_probe: bool = False
 
 
+def _dataset_from(name, *, base: str):
+    """``imagefolder:PATH`` relative to the study's folder, as its networks' paths are."""
+    prefix = "imagefolder:"
+    if isinstance(name, str) and name.startswith(prefix):
+        path = os.path.expanduser(name[len(prefix):])
+        return prefix + (path if os.path.isabs(path) else os.path.normpath(os.path.join(base, path)))
+    return name
+
+
 def load_study(path: str) -> Study:
     """Read and validate a study TOML file (unknown sections or keys are errors)."""
     if not os.path.isfile(path):
@@ -106,7 +115,7 @@ def load_study(path: str) -> Study:
     study = Study(
         teacher=resolve(networks["teacher"]) if "teacher" in networks else None,
         students=[resolve(p) for p in networks.get("students", [])],
-        dataset=data.get("dataset", "cifar10"),
+        dataset=_dataset_from(data.get("dataset", "cifar10"), base=base),
         split=data.get("split", "test"),
         mean=data.get("mean"),
         std=data.get("std"),
