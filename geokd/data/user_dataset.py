@@ -26,8 +26,6 @@ ValueError: demo: item 3 holds float pixels in [0.5, 0.5] that are not multiples
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import inspect
 import re
 
@@ -63,24 +61,6 @@ def parse_user_spec(text: str) -> tuple[str, str, dict]:
     if not match:
         raise ValueError(f"expected a dataset spec 'MODULE:CALLABLE[?KEY=VALUE&...]', got {text!r}")
     return match.group("module"), match.group("attr"), parse_keywords(match.group("query") or "", where=text)
-
-
-def _resolve(module_name: str, attr: str, spec: str):
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"{spec}: cannot import module {module_name!r} ({exc}); is it installed or on PYTHONPATH?") from None
-    target = module
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            names = [n for n in dir(target) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"{spec}: {getattr(target, '__name__', module_name)!r} has no attribute {part!r}{hint}")
-        target = getattr(target, part)
-    if not callable(target):
-        raise ValueError(f"{spec}: expected a callable returning a dataset, got a {type(target).__name__}")
-    return target
 
 
 def _split_keywords(factory, split: str, spec: str, kwargs: dict) -> tuple[dict, bool]:
@@ -175,8 +155,10 @@ def read_split(spec: str, *, split: str, image_size: int | None = None, progress
     """
     from torchvision.transforms.v2 import functional as F
 
+    from geokd.models.specs import import_callable
+
     module_name, attr, kwargs = parse_user_spec(spec)
-    factory = _resolve(module_name, attr, spec)
+    factory = import_callable(module_name, attr, where=spec, returns="a dataset")
     split_kwargs, takes_split = _split_keywords(factory, split, spec, kwargs)
     dataset = factory(**kwargs, **split_kwargs)
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):

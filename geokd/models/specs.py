@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["NetworkSpec", "build_from_source", "build_network", "check_source_trusted", "is_network_spec",
-           "parse_keywords", "parse_network_spec"]
+__all__ = ["NetworkSpec", "build_from_source", "build_network", "check_source_trusted", "import_callable",
+           "is_network_spec", "parse_keywords", "parse_network_spec"]
 
 TORCHVISION = "torchvision"
 GEOKD = "geokd"  # geokd:NAME is a model of geokd's own registry (geokd.models.build_model)
@@ -203,11 +203,26 @@ def _torchvision_builder(name: str, source: str):
     return torchvision.models.get_model_builder(name)
 
 
-def _user_callable(module_name: str, attr: str, source: str):
+def import_callable(module_name: str, attr: str, *, where: str, returns: str):
+    """``module_name.attr`` (a dotted attribute path) imported, checked callable.
+
+    Errors start with ``where`` (the spec as the user wrote it), say what could not be
+    imported or which attribute is missing (with the nearest names), and name what the
+    callable should have returned (``returns``).
+
+    Examples
+    --------
+    >>> import_callable("math", "hypot", where="math:hypot", returns="a number")(3, 4)
+    5.0
+    >>> import_callable("math", "hypto", where="math:hypto", returns="a number")
+    Traceback (most recent call last):
+    ...
+    ValueError: math:hypto: 'math' has no attribute 'hypto'; did you mean 'hypot', 'pow'?
+    """
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"{source}: cannot import module {module_name!r} ({exc}); "
+        raise ValueError(f"{where}: cannot import module {module_name!r} ({exc}); "
                          "is it installed or on PYTHONPATH?") from None
     target = module
     for part in attr.split("."):
@@ -215,10 +230,10 @@ def _user_callable(module_name: str, attr: str, source: str):
             names = [n for n in dir(target) if not n.startswith("_")]
             close = difflib.get_close_matches(part, names, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"{source}: {getattr(target, '__name__', module_name)!r} has no attribute {part!r}{hint}")
+            raise ValueError(f"{where}: {getattr(target, '__name__', module_name)!r} has no attribute {part!r}{hint}")
         target = getattr(target, part)
     if not callable(target):
-        raise ValueError(f"{source}: expected a callable returning an nn.Module, got a {type(target).__name__}")
+        raise ValueError(f"{where}: expected a callable returning {returns}, got a {type(target).__name__}")
     return target
 
 
@@ -237,7 +252,7 @@ def build_from_source(source: str, **kwargs) -> nn.Module:
 
         return build_model(attr, **kwargs)   # geokd's own models record their config themselves
     builder = (_torchvision_builder(attr, source) if module_name == TORCHVISION
-               else _user_callable(module_name, attr, source))
+               else import_callable(module_name, attr, where=source, returns="an nn.Module"))
     try:
         inspect.signature(builder).bind(**kwargs)
     except TypeError as exc:
