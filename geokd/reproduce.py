@@ -6,6 +6,15 @@ Layout under the output root (default ``runs/``)::
     <out>/<study>/<method>/seed<k>/       one student run per method and seed
     <out>/<study>/table.md, table.csv     the study's table
 
+A study with ``[[pairs]]`` (a benchmark table, :mod:`geokd.studies`) is its pairs' studies
+side by side, with the teachers they share trained once::
+
+    <out>/<study>/teachers/<teacher>/seed<t>/     a teacher, shared by its pairs
+    <out>/<study>/<pair>/<method>/seed<k>/        the pair's student runs
+    <out>/<study>/<pair>/table.md, table.csv      the pair's table
+    <out>/<study>/table.md, table.csv             every pair and method in one table, beside
+                                                  the published accuracies the study quotes
+
 Finished runs are reused, interrupted ones resumed, so ``geokd reproduce`` can be
 stopped and started again. The table reports, per method, the last-epoch test error
 (median ± sample standard deviation over seeds, in %), the number of runs, the median
@@ -19,6 +28,11 @@ A row with ``system = "byot" | "dml" | "selective"`` is run by that system's run
 is the one the runner reports (BYOT: the deepest exit; DML: the first student) and its
 runner adds a note (and, for BYOT, a per-exit table). Systems that keep no resumable
 state restart an interrupted run, moving its leftovers to ``seed<k>.interrupted-<n>``.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) every process runs the same plan and each run
+trains data-parallel (:func:`geokd.train.train`); only rank 0 holds the study's lock and
+writes its tables, so the output root must be one folder every process sees (a shared
+file system across nodes).
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ import functools
 import io
 import json
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -43,8 +58,8 @@ from geokd.train import RunDir, TrainConfig, train
 from geokd.train.config import config_to_dict, resolve_channels_last
 from geokd.train.runs import directory_lock
 
-__all__ = ["PlannedRun", "StudyTable", "plan_study", "run_study", "tabulate_study", "write_table",
-           "estimate_study_seconds", "inference_seconds_per_image", "graph_distances"]
+__all__ = ["PlannedRun", "StudyTable", "BenchmarkTable", "plan_study", "run_study", "tabulate_study", "write_table",
+           "estimate_study_seconds", "inference_seconds_per_image", "graph_distances", "process_rank"]
 
 
 @dataclass
@@ -59,11 +74,23 @@ class PlannedRun:
     system: str | None = None  # a whole system (geokd.methods.systems) instead of the trainer
     params: dict = field(default_factory=dict)
     differences: list[str] = field(default_factory=list)  # what "changed" means, key by key
+    pair: str | None = None  # the pair of a [[pairs]] study this run belongs to
 
 
 #: Config entries that say where and how fast a run went, not what it computed: a run
 #: whose config differs from the study only in these is still the study's run.
-_LOCAL_KEYS = {("teacher",), ("data", "root"), ("data", "download"), ("run", "threads"), ("run", "channels_last")}
+_LOCAL_KEYS = {("teacher",), ("data", "root"), ("data", "download"), ("data", "workers"), ("run", "threads"),
+               ("run", "channels_last")}
+
+
+def process_rank() -> int:
+    """This process's rank under ``torchrun`` (0 otherwise)."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
+@functools.lru_cache(maxsize=1)
+def _default_config() -> dict:
+    return json.loads(json.dumps(config_to_dict(TrainConfig())))
 
 
 def _comparable(table: dict, prefix: tuple = ()) -> dict:
@@ -75,17 +102,22 @@ def _key(key) -> str:
     return f"[{key}]" if isinstance(key, int) else str(key)
 
 
-def _differences(saved: dict, expected: dict, prefix: str = "") -> list[str]:
+def _differences(saved: dict, expected: dict, prefix: str = "", defaults: dict | None = None) -> list[str]:
     """Dotted paths of the study's config whose values differ on disk.
 
     Only the study's own entries are compared: the saved config is the resolved one
-    (the trainer adds what it derived, e.g. the number of classes from the dataset).
+    (the trainer adds what it derived, e.g. the number of classes from the dataset). A
+    setting missing on disk that the study leaves at its default is no difference: the
+    run was made before that setting existed, and computed the same.
     """
     out = []
+    defaults = defaults if isinstance(defaults, dict) else {}
     for key in sorted(expected):
         a, b = saved.get(key, "<missing>"), expected[key]
+        if key not in saved and key in defaults and defaults[key] == b:
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{_key(key)}.")
+            out += _differences(a, b, f"{prefix}{_key(key)}.", defaults.get(key))
         elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
             out += _differences(dict(enumerate(a)), dict(enumerate(b)), f"{prefix}{_key(key)}")
         elif a != b:
@@ -112,29 +144,44 @@ def _status(run_dir: Path, expected: dict) -> tuple[str, list[str]]:
     else:
         return "missing", []
     if run.config_path.is_file():
-        diff = _differences(run.read_json(run.config_path), _comparable(expected))
+        diff = _differences(run.read_json(run.config_path), _comparable(expected), defaults=_default_config())
         if diff:
             return "changed", diff
     return status, []
 
 
 def plan_study(study: Study, *, out: str | Path = "runs") -> list[PlannedRun]:
-    """Every run the study needs, teacher first, with its status."""
+    """Every run the study needs, teacher first, with its status.
+
+    For a study with pairs: every pair's runs in order, each shared teacher listed once
+    (before the first pair that needs it); :attr:`PlannedRun.pair` names the pair.
+    """
+    if study.pairs:
+        runs, seen = [], set()
+        for pair in study.pairs:
+            for run in plan_study(pair, out=out):
+                if run.run_dir not in seen:
+                    seen.add(run.run_dir)
+                    runs.append(run)
+        return runs
     root = Path(out) / study.name
     runs = []
     teacher = study.teacher_path
     if teacher is None:
-        t_dir = root / "teacher" / f"seed{study.teacher_seed}"
+        t_root = Path(out) / study.teacher_dir if study.teacher_dir else root / "teacher"
+        t_dir = t_root / f"seed{study.teacher_seed}"
         config = study.teacher_config()
         status, diff = _status(t_dir, _expected_config(config, None, {}))
-        runs.append(PlannedRun("teacher", study.teacher_seed, t_dir, config, status, differences=diff))
+        runs.append(PlannedRun("teacher", study.teacher_seed, t_dir, config, status, differences=diff,
+                               pair=study.pair))
         teacher = str(t_dir)
     for method in study.methods:
         for seed in study.seeds:
             run_dir = root / method.name / f"seed{seed}"
             config = study.student_config(method.name, seed=seed, teacher=teacher)
             status, diff = _status(run_dir, _expected_config(config, method.system, method.params))
-            runs.append(PlannedRun(method.name, seed, run_dir, config, status, method.system, method.params, diff))
+            runs.append(PlannedRun(method.name, seed, run_dir, config, status, method.system, method.params, diff,
+                                   pair=study.pair))
     return runs
 
 
@@ -174,8 +221,11 @@ def _holding_study_lock(run):
     # writes its table and runs the caller's on_table_written (geokd reproduce's analysis
     # and figures): a second process reproducing the same study refuses at once
     # (DirectoryLockedError naming the directory and the holder's pid).
+    # Under torchrun only rank 0 holds it (the other ranks are the same study's processes).
     @functools.wraps(run)
     def locked(study, *, out="runs", **options):
+        if process_rank() != 0:
+            return run(study, out=out, **options)
         with directory_lock(Path(out) / study.name, kind="study directory"):
             return run(study, out=out, **options)
     return locked
@@ -187,7 +237,7 @@ def run_study(study: Study, *, out: str | Path = "runs", device: str | torch.dev
               on_epoch_end: Callable[[PlannedRun, dict], None] | None = None,
               on_run_end: Callable[[PlannedRun], None] | None = None,
               on_table_written: Callable[["StudyTable"], None] | None = None,
-              progress: bool | None = None, command: str = "") -> "StudyTable":
+              progress: bool | None = None, command: str = "") -> "StudyTable | BenchmarkTable | None":
     """Train the missing runs (resuming partial ones), then tabulate and write the table.
 
     ``jobs > 1`` trains that many students at once in worker processes (after the
@@ -195,9 +245,27 @@ def run_study(study: Study, *, out: str | Path = "runs", device: str | torch.dev
     are then not called (``on_run_end`` is). ``on_table_written(table)`` runs last,
     still holding the study directory's lock, for whatever else writes into it (the
     CLI's analysis and figures).
+
+    A study with pairs runs its pairs one after the other (``on_table_written`` once per
+    pair) and returns their :class:`BenchmarkTable`, also written to ``<out>/<study>/``.
+    Under ``torchrun`` every rank trains (``jobs`` must be 1) and only rank 0 tabulates:
+    the other ranks return ``None``.
     """
     if jobs < 1:
         raise ValueError(f"jobs: expected at least 1 worker, got {jobs}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and jobs != 1:
+        raise ValueError(f"jobs: under torchrun ({world} processes) each run already uses every process; "
+                         f"expected jobs=1, got {jobs}")
+    if study.pairs:
+        tables = [run_study(pair, out=out, device=device, jobs=jobs, on_run_start=on_run_start,
+                            on_epoch_end=on_epoch_end, on_run_end=on_run_end, on_table_written=on_table_written,
+                            progress=progress, command=command) for pair in study.pairs]
+        if process_rank() != 0:
+            return None
+        bench = BenchmarkTable.from_tables(study, tables, command=command)
+        bench.write(Path(out) / study.name)
+        return bench
     planned = plan_study(study, out=out)
     _refuse_changed(planned)
     todo = [p for p in planned if p.status != "finished"]
@@ -235,6 +303,8 @@ def run_study(study: Study, *, out: str | Path = "runs", device: str | torch.dev
                 futures[future].status = "finished"
                 if on_run_end is not None:
                     on_run_end(futures[future])
+    if process_rank() != 0:
+        return None  # rank 0 tabulates; the runs are on disk
     table = tabulate_study(study, out=out, device=device, command=command)
     write_table(table, Path(out) / study.name)
     if on_table_written is not None:
@@ -265,16 +335,21 @@ def inference_seconds_per_image(model: nn.Module, example: torch.Tensor, *, batc
 
 
 @torch.no_grad()
-def graph_distances(student: nn.Module, teacher: nn.Module, batches, *, device: str | torch.device = "cpu") -> list[float]:
+def graph_distances(student: nn.Module, teacher: nn.Module, batches, *, device: str | torch.device = "cpu",
+                    student_points=None, teacher_points=None) -> list[float]:
     """Per sensing point, the GKD loss (full cosine graph, p = 1) between the two networks,
-    averaged over the (full) batches: the teacher–student graph distance of the paper."""
+    averaged over the (full) batches: the teacher–student graph distance of the paper.
+    ``student_points`` / ``teacher_points`` name the taps (default: each network's
+    ``sensing_points``)."""
     from geokd.losses.gkd import gkd_loss
     from geokd.models.taps import FeatureTaps
 
     student.eval()
     teacher.eval()
-    s_taps = FeatureTaps(student, list(student.sensing_points))
-    t_taps = FeatureTaps(teacher, list(teacher.sensing_points))
+    # The points the run distilled: the config's when it names them (networks from outside
+    # geokd's registry declare none), else the networks' own.
+    s_taps = FeatureTaps(student, list(student_points or student.sensing_points))
+    t_taps = FeatureTaps(teacher, list(teacher_points or teacher.sensing_points))
     sums, count = None, 0
     for x, _ in batches:
         x = x.to(device)
@@ -388,6 +463,90 @@ class StudyTable:
         return buffer.getvalue()
 
 
+@dataclass
+class BenchmarkTable:
+    """A study with pairs in one table: per pair and method, the test accuracy (100 − error,
+    median ± sd over seeds) beside the published accuracy the study quotes."""
+
+    study: str
+    description: str
+    pairs: list[str]
+    methods: list[str]
+    tables: dict[str, StudyTable]  # pair -> its table
+    published: dict[str, dict]  # pair -> {"teacher" | method: accuracy %}
+    skipped: dict[str, tuple[str, ...]]  # pair -> methods it leaves out
+    notes: str = ""
+    command: str = ""
+
+    @classmethod
+    def from_tables(cls, study: Study, tables: list[StudyTable], *, command: str = "") -> "BenchmarkTable":
+        by_name = {t.study: t for t in tables}
+        pairs = [p for p in study.pairs if p.name in by_name]
+        return cls(study=study.name, description=study.description, pairs=[p.pair for p in pairs],
+                   methods=[m.name for m in study.methods], tables={p.pair: by_name[p.name] for p in pairs},
+                   published={p.pair: dict(p.published) for p in pairs},
+                   skipped={p.pair: p.skipped for p in pairs}, notes=study.notes, command=command)
+
+    def cell(self, pair: str, method: str) -> tuple[float | None, float | None, int]:
+        """``(median accuracy, sd, runs)`` of ``method`` on ``pair`` (``None`` where it has none)."""
+        table = self.tables[pair]
+        if method == "teacher":
+            return (None if table.teacher_error is None else 100.0 - table.teacher_error), None, 1
+        for row in table.rows:
+            if row.method == method:
+                return 100.0 - row.median_error, (None if math.isnan(row.sd_error) else row.sd_error), row.runs
+        return None, None, 0
+
+    def markdown(self) -> str:
+        lines = [f"## {self.study}: {self.description}", "",
+                 "Test accuracy % of each student: last epoch, median ± sd over seeds; in parentheses the "
+                 "published accuracy the study quotes (– where it quotes none). n/a: the method does not "
+                 "apply to the pair.", "",
+                 "| method | " + " | ".join(p.replace("-", " → ", 1) for p in self.pairs) + " |",
+                 "|---|" + "---|" * len(self.pairs)]
+        for method in ["teacher", *self.methods]:
+            cells = []
+            for pair in self.pairs:
+                if method in self.skipped[pair]:
+                    cells.append("n/a")
+                    continue
+                acc, sd, runs = self.cell(pair, method)
+                ours = "–" if acc is None else f"{acc:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+                ref = self.published[pair].get(method)
+                cells.append(ours + (f" ({ref:.2f})" if ref is not None else " (–)"))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += ["", "Each pair's full table (errors, train time, graph distances, parameters, speed): "
+                  "<pair>/table.md."]
+        if self.notes:
+            lines += ["", self.notes]
+        if self.command:
+            lines += ["", f"Made with: `{self.command}`"]
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["pair", "method", "runs", "median_test_accuracy", "sd_test_accuracy", "published_accuracy"])
+        for pair in self.pairs:
+            for method in ["teacher", *self.methods]:
+                if method in self.skipped[pair]:
+                    continue
+                acc, sd, runs = self.cell(pair, method)
+                ref = self.published[pair].get(method)
+                writer.writerow([pair, method, runs, "" if acc is None else f"{acc:.4f}",
+                                 "" if sd is None else f"{sd:.4f}", "" if ref is None else f"{ref:.2f}"])
+        return buffer.getvalue()
+
+    def write(self, folder: str | Path) -> tuple[Path, Path]:
+        """``table.md`` and ``table.csv`` into ``folder`` (the study's folder)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        md, cs = folder / "table.md", folder / "table.csv"
+        md.write_text(self.markdown())
+        cs.write_text(self.csv())
+        return md, cs
+
+
 def tabulate_study(study: Study, *, out: str | Path = "runs", device: str | torch.device = "cpu",
                    command: str = "") -> StudyTable:
     """Read the finished runs of ``study`` and measure what the table needs (with the
@@ -404,7 +563,6 @@ def tabulate_study(study: Study, *, out: str | Path = "runs", device: str | torc
 
 def _tabulate(study: Study, *, out, device, command: str) -> StudyTable:
     from geokd.checkpoints import load_checkpoint
-    from geokd.data import BatchLoader, load_dataset
     from geokd.train import load_teacher
 
     planned = plan_study(study, out=out)
@@ -422,15 +580,12 @@ def _tabulate(study: Study, *, out, device, command: str) -> StudyTable:
     if not finished:
         raise ValueError(f"study {study.name!r}: no finished student runs under {Path(out) / study.name}")
     data = finished[0].config.data
-    test_set = load_dataset(data.name, split="test", root=data.root, download=data.download,
-                            image_size=data.image_size)
-    batches = BatchLoader(test_set, batch_size=data.batch_size, shuffle=False, augment=False, device=device,
-                          drop_last=True)
+    batches = _test_batches(data, batch_size=data.batch_size, drop_last=True, device=device)
     if teacher_error is None:
         from geokd.train import evaluate
 
-        teacher_error = evaluate(teacher, BatchLoader(test_set, batch_size=data.eval_batch_size, shuffle=False,
-                                                      device=device), device=device)
+        teacher_error = evaluate(teacher, _test_batches(data, batch_size=data.eval_batch_size, drop_last=False,
+                                                        device=device), device=device)
     rows, extra = [], []
     student = None
     for method in study.methods:
@@ -446,7 +601,9 @@ def _tabulate(study: Study, *, out, device, command: str) -> StudyTable:
             results.append(meta.get("system_results", {}))
             seconds.append(float(meta.get("train_seconds", float("nan"))))
             student, _ = load_checkpoint(run.model_path, device=device)
-            distances.append(graph_distances(student, teacher, batches, device=device))
+            s_points, t_points = _points(p.config, student, teacher)
+            distances.append(graph_distances(student, teacher, batches, device=device, student_points=s_points,
+                                             teacher_points=t_points) if s_points and t_points else [])
         note = ""
         if method.system:
             from geokd.methods.systems import get_system
@@ -466,11 +623,35 @@ def _tabulate(study: Study, *, out, device, command: str) -> StudyTable:
         teacher_params=count_parameters(teacher), student_params=count_parameters(student),
         teacher_seconds_per_image=inference_seconds_per_image(teacher, example, device=device),
         student_seconds_per_image=inference_seconds_per_image(student, example, device=device),
-        teacher_train_seconds=teacher_seconds, sensing_points=tuple(student.sensing_points), rows=rows,
+        teacher_train_seconds=teacher_seconds, sensing_points=_points(finished[-1].config, student, teacher)[0],
+        rows=rows,
         command=command, notes=study.notes,
         recipes=[f"{m.name}: {m.recipe()}" for m in study.methods if any(r.method == m.name for r in rows)],
         extra=extra[:-1] if extra else [],
     )
+
+
+def _points(config: TrainConfig, student: nn.Module, teacher: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The sensing points a run compared: its config's, else the networks' own (or none)."""
+    return (tuple(config.model.sensing_points or getattr(student, "sensing_points", ())),
+            tuple(config.teacher_sensing_points or getattr(teacher, "sensing_points", ())))
+
+
+def _test_batches(data, *, batch_size: int, drop_last: bool, device):
+    """The test split of a run's ``data`` config in batches, as the trainer reads it."""
+    if data.stream:
+        from geokd.data.stream import StreamingImageFolder, folder_of
+
+        return StreamingImageFolder(folder_of(data.name), split="test", image_size=data.image_size,
+                                    batch_size=batch_size, shuffle=False, mean=data.mean, std=data.std,
+                                    drop_last=drop_last, workers=data.workers, device=device)
+    from geokd.data import BatchLoader, load_dataset
+
+    stats = {} if data.mean is None else {"mean": data.mean, "std": data.std}
+    test_set = load_dataset(data.name, split="test", root=data.root, download=data.download,
+                            image_size=data.image_size, **stats)
+    return BatchLoader(test_set, batch_size=batch_size, shuffle=False, augment=False, device=device,
+                       drop_last=drop_last)
 
 
 def write_table(table: StudyTable, folder: str | Path) -> tuple[Path, Path]:
@@ -485,70 +666,185 @@ def write_table(table: StudyTable, folder: str | Path) -> tuple[Path, Path]:
 
 # ---------------------------------------------------------------------------- estimate
 
-def estimate_study_seconds(study: Study, *, out: str | Path = "runs", device: str | torch.device = "cpu",
-                           steps: int = 3, train_size: int | None = None) -> dict:
-    """Extrapolate the time of the missing runs from a few timed steps on random inputs.
+#: Named datasets for the time estimate: (input shape, training inputs, classes).
+_DATA_FACTS = {"cifar10": ((3, 32, 32), 50000, 10), "cifar100": ((3, 32, 32), 50000, 100),
+               "digits": ((1, 8, 8), 1257, 10), "mnist": ((1, 28, 28), 60000, 10),
+               "fashion-mnist": ((1, 28, 28), 60000, 10)}
 
-    Needs no data download: the input shape and training-set size come from the dataset's
-    registered defaults (``train_size`` overrides). Returns seconds per step for the
-    teacher and a distilled student, and the total for the missing runs.
-    """
+
+def _data_facts(data, study: Study, train_size: int | None) -> tuple[tuple, int, int | None, list[str]]:
+    """``(input shape, training inputs, classes or None, notes)`` of a run's data, without
+    reading any image: a named dataset's registered facts, an image folder's file count."""
+    notes: list[str] = []
+    if data.name in _DATA_FACTS:
+        shape, n, classes = _DATA_FACTS[data.name]
+    elif data.name.startswith("imagefolder:"):
+        from geokd.data.imagefolder import _image_folder, _split_folder, first_image_side
+        from geokd.errors import DatasetNotFoundError
+
+        folder = data.name[len("imagefolder:"):]
+        n = classes = side = None
+        try:
+            split, _ = _split_folder(folder, "train")
+            dataset = _image_folder(split, data.name)
+            n, classes = len(dataset.targets), len(dataset.classes)
+            side = data.image_size or first_image_side(folder)
+        except (DatasetNotFoundError, ValueError, OSError) as exc:
+            notes.append(f"cannot read {data.name} here ({exc})")
+        side = side or data.image_size
+        if side is None:
+            raise ConfigError(f"time estimate: the image size of {data.name} is unknown here; set data.image_size")
+        shape = (3, side, side)
+        if n is None:
+            n = train_size or study.train_size
+            if n is None:
+                raise ConfigError(f"time estimate: cannot count the training images of {data.name}; "
+                                  "set [study].train_size (e.g. 1281167 for ImageNet-1k) to estimate without them")
+            notes.append(f"assumed {n:,} training images ([study].train_size)")
+    else:
+        shape, n, classes = (3, 32, 32), train_size or study.train_size or 50000, None
+        notes.append(f"{data.name}: input shape and size unknown before it is built; timed 3x32x32 inputs, {n:,} of them")
+    return shape, (train_size or n), classes, notes
+
+
+def _timing_net(name: str, params: dict, classes: int | None, device):
+    from geokd.models import build_model
+    from geokd.models.specs import is_network_spec, parse_network_spec
+
+    params = dict(params)
+    fixed = is_network_spec(name) and "num_classes" in parse_network_spec(name).kwargs
+    if not fixed:
+        params.setdefault("num_classes", classes or (1000 if is_network_spec(name) else 100))
+    return build_model(name, **params).to(device)
+
+
+def _timing_teacher(study: Study, classes, device, notes: list[str]):
+    """The network whose forward a student step includes (weights do not matter for timing)."""
+    from geokd.models.specs import is_network_spec
+
+    path = study.teacher_path
+    if path is None:
+        t = study.teacher_config().model
+        return _timing_net(t.name, t.params, classes, device)
+    if is_network_spec(path):
+        return _timing_net(path.split("@", 1)[0], {}, classes, device)
+    if Path(path).exists():
+        from geokd.train import load_teacher
+
+        return load_teacher(path, device=device)
+    notes.append(f"teacher {path} not found here: student steps timed without its forward")
+    return None
+
+
+def _seconds_per_step(model: nn.Module, teacher: nn.Module | None, *, batch: int, shape: tuple, classes: int,
+                      steps: int, device: torch.device, channels_last: bool) -> float:
     import torch.nn.functional as F
 
-    from geokd.data import dataset_defaults
-    from geokd.models import build_model
+    model = model.to(device).train()
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, *shape, device=device)
+    if channels_last:  # time the layout the run will train in
+        model.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        if teacher is not None:
+            with torch.no_grad():
+                teacher(x)
+        out = model(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        loss = F.cross_entropy(logits, torch.randint(0, logits.shape[1], (batch,), device=device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:  # the first step warms up
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
+
+def estimate_study_seconds(study: Study, *, out: str | Path = "runs", device: str | torch.device = "cpu",
+                           steps: int = 3, train_size: int | None = None, max_batch: int | None = None,
+                           world_size: int | None = None, pairs=None) -> dict:
+    """Extrapolate the time of the missing runs from a few timed steps on random inputs.
+
+    Measured, then scaled: per network, the median time of ``steps`` training steps (after
+    one warm-up) on this ``device`` — the teacher's with cross-entropy, a student's with
+    its teacher's forward added (distillation terms are not included) — times the
+    steps per epoch and the epochs of every missing run. Needs no data: the input shape and
+    training-set size come from the dataset's registered facts, an image folder's file
+    list, or ``[study].train_size`` (``train_size`` overrides them all).
+
+    Under ``torchrun`` (or with ``world_size``) a step processes ``batch / world_size``
+    inputs on each device: the estimate is then per device, for the whole data-parallel
+    job. ``max_batch`` times smaller batches (scaled linearly: on a machine that cannot
+    hold the real one, a rough figure). ``pairs`` (names) limits a study with pairs to
+    those.
+
+    Returns
+    -------
+    dict
+        ``missing_runs``, ``total_seconds``, ``seconds_per_step`` (``{"teacher", "student"}``
+        as timed), ``batch`` (per device), ``timed_batch``, ``notes`` (what was assumed); for a
+        study with pairs, ``pairs``: the same per pair, each shared teacher counted once.
+    """
     device = torch.device(device)
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    cache: dict = {}
+    if study.pairs:
+        counted: set = set()
+        per_pair, total, missing, notes = {}, 0.0, 0, []
+        chosen = study.pairs if pairs is None else [study.pair_study(name) for name in pairs]
+        for pair in chosen:
+            planned = [p for p in plan_study(pair, out=out) if p.status != "finished" and p.run_dir not in counted]
+            counted.update(p.run_dir for p in planned)
+            est = _estimate(pair, planned, device=device, steps=steps, train_size=train_size, max_batch=max_batch,
+                            world=world, cache=cache)
+            per_pair[pair.pair] = est
+            total += est["total_seconds"]
+            missing += est["missing_runs"]
+            notes += [n for n in est["notes"] if n not in notes]
+        return {"missing_runs": missing, "total_seconds": total, "pairs": per_pair, "notes": notes,
+                "world_size": world}
     planned = [p for p in plan_study(study, out=out) if p.status != "finished"]
-    defaults = dataset_defaults(planned[0].config.data.name) if planned else {}
-    shapes = {"cifar10": ((3, 32, 32), 50000), "digits": ((1, 8, 8), 1257), "mnist": ((1, 28, 28), 60000),
-              "fashion-mnist": ((1, 28, 28), 60000)}
+    return _estimate(study, planned, device=device, steps=steps, train_size=train_size, max_batch=max_batch,
+                     world=world, cache=cache)
+
+
+def _estimate(study: Study, planned: list[PlannedRun], *, device, steps, train_size, max_batch, world,
+              cache: dict) -> dict:
     if not planned:
-        return {"missing_runs": 0, "total_seconds": 0.0}
-    cfg = planned[0].config
-    shape, n_train = shapes.get(cfg.data.name, ((3, 32, 32), 50000))
-    n_train = train_size or defaults.get("train_size", n_train)
-
-    def seconds_per_step(config: TrainConfig, with_teacher: bool) -> float:
-        params = dict(config.model.params)
-        params.setdefault("num_classes", 10)
-        model = build_model(config.model.name, **params).to(device).train()
-        teacher = None
-        if with_teacher and study.teacher_path is None:
-            t_cfg = study.teacher_config()
-            t_params = dict(t_cfg.model.params)
-            t_params.setdefault("num_classes", 10)
-            teacher = build_model(t_cfg.model.name, **t_params).to(device).eval()
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-        b = config.data.batch_size
-        x = torch.randn(b, *shape, device=device)
-        if resolve_channels_last(config.run, device):  # time the layout the run will train in
-            model.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 10, (b,), device=device)
-        times = []
-        for i in range(steps + 1):
-            t0 = time.perf_counter()
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher(x)
-            out = model(x)
-            loss = F.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i:  # the first step warms up
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    total, per_step = 0.0, {}
+        return {"missing_runs": 0, "total_seconds": 0.0, "seconds_per_step": {}, "notes": [], "world_size": world}
+    data = planned[-1].config.data
+    shape, n_train, classes, notes = _data_facts(data, study, train_size)
+    batch = max(1, data.batch_size // world)
+    timed = batch if max_batch is None else max(1, min(batch, max_batch))
+    if timed != batch:
+        notes.append(f"timed at batch {timed} per device and scaled to {batch}")
+    per_step: dict[str, float] = {}
+    total = 0.0
     for p in planned:
         key = "teacher" if p.method == "teacher" else "student"
         if key not in per_step:
-            per_step[key] = seconds_per_step(p.config, with_teacher=(key == "student"))
+            model = p.config.model
+            cache_key = (key, model.name, json.dumps(model.params, sort_keys=True), timed, shape, classes,
+                         None if key == "teacher" else str(study.teacher_path or study.teacher_config().model))
+            if cache_key not in cache:
+                net = _timing_net(model.name, model.params, classes, device)
+                teacher = _timing_teacher(study, classes, device, notes) if key == "student" else None
+                cache[cache_key] = _seconds_per_step(
+                    net, teacher, batch=timed, shape=shape, classes=classes, steps=steps, device=device,
+                    channels_last=resolve_channels_last(p.config.run, device)) * batch / timed
+                del net, teacher
+            per_step[key] = cache[cache_key]
         n = n_train if p.config.data.fraction is None else max(1, int(n_train * p.config.data.fraction))
         steps_per_epoch = math.ceil(n / p.config.data.batch_size)
         total += per_step[key] * steps_per_epoch * p.config.schedule.epochs
-    return {"missing_runs": len(planned), "seconds_per_step": per_step, "total_seconds": total}
+    return {"missing_runs": len(planned), "seconds_per_step": per_step, "total_seconds": total,
+            "batch": batch, "timed_batch": timed, "notes": notes, "world_size": world}

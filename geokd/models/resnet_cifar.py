@@ -3,6 +3,12 @@
 Three stages of ``n`` basic blocks with 16, 32, 64 channels (times ``width``), strides
 1, 2, 2; the shortcut is a 1×1 conv + BN projection when the shape changes (option B),
 identity otherwise. Every ReLU is its own module so pre-activations can be tapped.
+
+These are also the plain ResNets of the CRD distillation benchmark (``resnet8`` …
+``resnet110``, same layers and parameter counts as its reference code), and their sensing
+points are that benchmark's feature list: the stem's output, each stage's output and the
+pooled pre-logit vector (what its feature methods distil: FitNet the middle stage, AT and
+FSP the maps, RKD the pooled vector).
 """
 
 from __future__ import annotations
@@ -55,7 +61,9 @@ class CifarResNet(nn.Module):
     Attributes
     ----------
     sensing_points : tuple of str
-        ``("layer1", "layer2", "pool")``.
+        ``("relu", "layer1", "layer2", "layer3", "pool")``: the stem's output (its ReLU),
+        the three stages' outputs and the pooled ``(B, 64·width)`` vector, the features of
+        the CRD benchmark's ``forward(is_feat=True)``.
 
     Examples
     --------
@@ -65,9 +73,11 @@ class CifarResNet(nn.Module):
     torch.Size([2, 10])
     >>> sum(p.numel() for p in net.parameters())
     78042
+    >>> net.sensing_points
+    ('relu', 'layer1', 'layer2', 'layer3', 'pool')
     """
 
-    sensing_points = ("layer1", "layer2", "pool")
+    sensing_points = ("relu", "layer1", "layer2", "layer3", "pool")
 
     def __init__(self, *, depth: int = 20, num_classes: int = 10, in_channels: int = 3, width: int = 1):
         super().__init__()

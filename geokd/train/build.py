@@ -116,17 +116,53 @@ def _require_points(terms: list[Term], points: tuple[str, ...], *, role: str, se
             f"(`geokd layers NETWORK` lists them)")
 
 
+def _batches(config: TrainConfig, *, generator: torch.Generator, device: torch.device,
+             ctx: DistributedContext) -> tuple:
+    """``(train_batches, test_batches, n_train, num_classes)`` for ``config.data``.
+
+    In memory (:class:`~geokd.data.BatchLoader`: the whole split as one uint8 tensor), or
+    streamed from an image folder (``data.stream``, :class:`~geokd.data.stream.StreamingImageFolder`:
+    ImageNet's recipe, each rank decoding its share of every global batch).
+    """
+    from geokd.data import BatchLoader, load_dataset
+
+    d = config.data
+    stats = {} if d.mean is None else {"mean": d.mean, "std": d.std}
+    if d.stream:
+        from geokd.data.stream import StreamingImageFolder, folder_of
+
+        common = dict(image_size=d.image_size, mean=d.mean, std=d.std, workers=d.workers, device=device)
+        try:
+            train_batches = StreamingImageFolder(folder_of(d.name), split="train", batch_size=d.batch_size,
+                                                 shuffle=True, augment=d.augment, generator=generator,
+                                                 drop_last=d.drop_last, rank=ctx.rank, world_size=ctx.world_size,
+                                                 **common)
+            # Every rank evaluates the whole test split, as with in-memory data.
+            test_batches = StreamingImageFolder(folder_of(d.name), split="test", batch_size=d.eval_batch_size,
+                                                shuffle=False, **common)
+        except ValueError as exc:
+            raise ConfigError(f"data: {exc}") from None
+        if test_batches.num_classes != train_batches.num_classes:
+            raise ConfigError(f"data: {d.name} has {train_batches.num_classes} train classes but "
+                              f"{test_batches.num_classes} test classes")
+        return train_batches, test_batches, len(train_batches.labels), train_batches.num_classes
+    train_set = load_dataset(d.name, split="train", root=d.root, download=d.download, fraction=d.fraction,
+                             seed=d.fraction_seed, image_size=d.image_size, **stats)
+    test_set = load_dataset(d.name, split="test", root=d.root, download=d.download, image_size=d.image_size, **stats)
+    train_batches = BatchLoader(train_set, batch_size=d.batch_size, shuffle=True, augment=d.augment,
+                                device=device, generator=generator, drop_last=d.drop_last)
+    test_batches = BatchLoader(test_set, batch_size=d.eval_batch_size, shuffle=False, augment=False,
+                               device=device)
+    return train_batches, test_batches, len(train_set.labels), int(train_set.num_classes)
+
+
 def build_parts(config: TrainConfig, *, device: torch.device, ctx: DistributedContext) -> tuple[TrainingParts, TrainConfig]:
     """Data, models, taps and terms for ``config`` (and the config with inferred model sizes)."""
-    from geokd.data import BatchLoader, load_dataset
     from geokd.models import build_model, model_config
 
     d = config.data
     generator = seed_everything(config.run.seed)
-    train_set = load_dataset(d.name, split="train", root=d.root, download=d.download, fraction=d.fraction,
-                             seed=d.fraction_seed, image_size=d.image_size)
-    test_set = load_dataset(d.name, split="test", root=d.root, download=d.download, image_size=d.image_size)
-    n_train = len(train_set.labels)
+    train_batches, test_batches, n_train, num_classes = _batches(config, generator=generator, device=device, ctx=ctx)
     if ctx.enabled:
         ctx.check_batch(d.batch_size, what="data.batch_size")
         last = 0 if d.drop_last else n_train % d.batch_size
@@ -140,7 +176,7 @@ def build_parts(config: TrainConfig, *, device: torch.device, ctx: DistributedCo
 
     config = copy.deepcopy(config)
     params = dict(config.model.params)
-    params.setdefault("num_classes", int(train_set.num_classes))
+    params.setdefault("num_classes", num_classes)
     try:
         student = build_model(config.model.name, **params)
     except ValueError as exc:
@@ -187,10 +223,6 @@ def build_parts(config: TrainConfig, *, device: torch.device, ctx: DistributedCo
                 _taps(teacher, tuple(t_names)) if (t_names and teacher is not None) else None,
             )
 
-    train_batches = BatchLoader(train_set, batch_size=d.batch_size, shuffle=True, augment=d.augment,
-                                device=device, generator=generator, drop_last=d.drop_last)
-    test_batches = BatchLoader(test_set, batch_size=d.eval_batch_size, shuffle=False, augment=False,
-                               device=device)
     student_taps = _taps(student, points)
     _dry_run([("student", student, student_taps), ("teacher", teacher, teacher_taps)], test_batches, config)
     _setup_terms(terms, student_taps, teacher_taps, term_taps, test_batches, models=(student, teacher))

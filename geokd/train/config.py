@@ -68,6 +68,12 @@ class DataConfig:
     eval_batch_size: int = 1000
     augment: bool = True
     drop_last: bool = False
+    # imagefolder:PATH too large for memory (ImageNet): decode batch by batch in `workers`
+    # processes with torchvision's ImageNet recipe (geokd.data.stream); needs mean and std.
+    stream: bool = False
+    workers: int = 4
+    mean: tuple[float, ...] | None = None  # normalization constants instead of the measured ones
+    std: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -75,11 +81,20 @@ class ModelConfig:
     """A network by registry name with its constructor keywords.
 
     ``sensing_points`` overrides the model's own ``sensing_points`` (module names).
+    Without ``params``, the default network (``wrn``) is the paper's WRN-28-1; any other
+    name gets no keywords (its own defaults), not the WRN's.
+
+    >>> ModelConfig().params, ModelConfig(name="resnet56").params
+    ({'depth': 28, 'widen_factor': 1.0}, {})
     """
 
     name: str = "wrn"
-    params: dict[str, Any] = field(default_factory=lambda: {"depth": 28, "widen_factor": 1.0})
+    params: dict[str, Any] | None = None
     sensing_points: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.params is None:
+            self.params = {"depth": 28, "widen_factor": 1.0} if self.name == "wrn" else {}
 
 
 @dataclass
@@ -365,6 +380,23 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(f"data.eval_batch_size: expected a positive integer, got {d.eval_batch_size}")
     if d.fraction is not None and not 0.0 < d.fraction <= 1.0:
         raise ConfigError(f"data.fraction: expected a value in (0, 1], got {d.fraction}")
+    if (d.mean is None) != (d.std is None):
+        raise ConfigError(f"data.mean, data.std: expected both or neither, got mean={d.mean} and std={d.std}")
+    if d.mean is not None and (len(d.mean) != len(d.std) or not d.mean or min(d.std) <= 0):
+        raise ConfigError(f"data.mean, data.std: expected one value per channel, std > 0, got mean={list(d.mean)} "
+                          f"and std={list(d.std)}")
+    if d.workers < 0:
+        raise ConfigError(f"data.workers: expected a number of decoding processes >= 0, got {d.workers}")
+    if d.stream:
+        if not d.name.startswith("imagefolder:"):
+            raise ConfigError(f"data.stream: streams read image folders; expected data.name = 'imagefolder:PATH', "
+                              f"got {d.name!r}")
+        if d.image_size is None or d.mean is None:
+            raise ConfigError("data.stream: expected data.image_size (the crop side, e.g. 224) and data.mean / "
+                              "data.std (ImageNet: [0.485, 0.456, 0.406] and [0.229, 0.224, 0.225]); got "
+                              f"image_size={d.image_size}, mean={d.mean}")
+        if d.fraction is not None:
+            raise ConfigError(f"data.fraction: a streamed folder is read whole; expected no fraction, got {d.fraction}")
     if o.name not in _OPTIMIZERS:
         close = difflib.get_close_matches(o.name, _OPTIMIZERS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -2,7 +2,9 @@
 
 Every rank draws the same global batch (the data generator is seeded identically) and
 keeps its contiguous share, so rank order reproduces the global batch. Gradients are
-averaged with one all-reduce per step. Graph losses see either each rank's local batch
+averaged with one all-reduce per step, and after each step every rank takes rank 0's
+buffers (BatchNorm running statistics, which each rank updates from its own share), so
+all ranks hold the same state after every step, as with ``DistributedDataParallel``. Graph losses see either each rank's local batch
 (default, cheap) or the global batch (``run.global_batch_graph``): features are
 all-gathered *with* gradients, every rank computes the same global loss, and the
 averaged gradient equals the single-process gradient of that loss.
@@ -91,6 +93,28 @@ class DistributedContext:
         with torch.no_grad():
             for tensor in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(tensor.data, src=0)
+
+    def broadcast_buffers(self, *modules: nn.Module | None) -> None:
+        """Give every rank rank 0's buffers (BatchNorm running statistics), one broadcast per dtype.
+
+        Parameters stay equal on their own (same start, averaged gradients, same update);
+        buffers are updated from each rank's own share of the batch and would drift apart.
+        As ``torch.nn.parallel.DistributedDataParallel`` does by default, rank 0's win.
+        """
+        if not self.enabled:
+            return
+        buffers = [b for m in modules if m is not None for b in m.buffers()]
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for b in buffers:
+            by_dtype.setdefault(b.dtype, []).append(b)
+        with torch.no_grad():
+            for group in by_dtype.values():
+                flat = torch.cat([b.reshape(-1) for b in group])
+                dist.broadcast(flat, src=0)
+                offset = 0
+                for b in group:
+                    b.copy_(flat[offset:offset + b.numel()].view_as(b))
+                    offset += b.numel()
 
     def average_gradients(self, params: list[nn.Parameter]) -> None:
         """All-reduce the gradients (one flat buffer) and divide by the world size."""

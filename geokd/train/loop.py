@@ -296,6 +296,9 @@ class _Stepper:
         else:
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        # Every rank leaves the step with the same state: parameters by construction,
+        # buffers (BatchNorm statistics of each rank's share) made rank 0's.
+        self.ctx.broadcast_buffers(self.parts.student, *(t.module for t in self.parts.terms))
         return ce_f, values, active, logits, skipped
 
     def _check_finite(self, ce, values, active, *, epoch: int, step: int) -> None:
@@ -446,8 +449,10 @@ def _fit_locked(parts, config, run, device, resume, on_epoch_end, progress, ctx)
                 from tqdm.auto import tqdm
 
                 batches = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+            local = getattr(parts.train_batches, "yields_local_shards", False)  # streams read their share only
             for x, y in batches:
-                x, y = ctx.shard(x), ctx.shard(y)
+                if not local:
+                    x, y = ctx.shard(x), ctx.shard(y)
                 x = batch_in_layout(x, channels_last=channels_last)
                 steps += 1
                 ce, values, active, logits, was_skipped = stepper.step(x, y, epoch=epoch, step=steps)
