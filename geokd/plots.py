@@ -108,7 +108,7 @@ def summarize(rows: Sequence[Mapping], *, metric: str, layers: Sequence[str] | N
     >>> summarize(rows, metric="m")[0]["median"], summarize(rows, metric="m")[0]["n"]
     (2.0, 5)
     """
-    chosen = [r for r in rows if r["metric"] == metric]
+    chosen = [r for r in rows if r["metric"] == metric and r["value"] is not None]
     if not chosen:
         raise ValueError(f"expected rows of metric {metric!r} in the table, found none")
     layers = list(layers) if layers is not None else layer_order(chosen)
@@ -325,13 +325,26 @@ def _within_class_share(matrix: np.ndarray, labels: np.ndarray) -> float:
 
 
 def draw_saved_analysis(directories, out: str) -> list[str]:
-    """Draw every figure the saved analyses have data for; return the written paths."""
+    """Draw every figure the saved analyses have data for; return the written paths.
+
+    The figures of the default analysis show its rows only (:mod:`geokd.analysis.graph_names`);
+    a graph-variant analysis adds ``variants.*`` (:func:`geokd.plots_variants.plot_variant_closeness`).
+    """
+    from geokd.analysis.graph_names import default_rows, variant_names
     from geokd.analysis.saved import read_analyses
 
     saved = read_analyses(directories)
-    rows = saved.rows
+    rows = default_rows(saved.rows)
     os.makedirs(out, exist_ok=True)
     written = []
+    variants = variant_names(saved.rows, saved.settings)
+    if variants:
+        from geokd.analysis.rankings import variant_rankings
+        from geokd.plots_variants import plot_variant_closeness
+
+        rankings = variant_rankings(saved.rows, variants=variants)
+        if rankings:
+            written += plot_variant_closeness(rankings, os.path.join(out, "variants"))
     written += plot_smoothness(rows, os.path.join(out, "smoothness"))
     written += plot_consistency(rows, os.path.join(out, "consistency"))
     written += plot_distances(rows, os.path.join(out, "distances"))

@@ -3,7 +3,8 @@
 The page tells, layer by layer, the teacher's value and each student method's median
 (over seeds) of every metric, which method is closer to the teacher (with a Mann-Whitney
 p-value), where each method diverges most, and embeds the figures as base64 PNGs, so the
-single file can be mailed or attached to an issue.
+single file can be mailed or attached to an issue. An analysis under graph variants adds
+a section on whether the conclusion depends on the graph (:mod:`geokd.report_variants`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#22
 table{border-collapse:collapse;margin:0.6em 0 1.4em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.closer{font-weight:bold;color:#0a5}
 img{max-width:100%;border:1px solid #eee;margin:0.5em 0}code{background:#f5f5f5;padding:0 3px}
+table.variants td{text-align:left}td.empty{color:#888;font-style:italic}
 """
 
 
@@ -50,7 +52,8 @@ def _student_methods(rows) -> list[str]:
 
 
 def _median(rows, method, layer, metric):
-    values = [r["value"] for r in rows if r["method"] == method and r["layer"] == layer and r["metric"] == metric]
+    values = [r["value"] for r in rows if r["method"] == method and r["layer"] == layer and r["metric"] == metric
+              and r["value"] is not None]
     return float(np.median(values)) if values else None
 
 
@@ -95,8 +98,12 @@ def build_report(rows: Sequence[Mapping], *, figures: Sequence[str] = (), settin
     >>> "<html" in build_report(rows)
     True
     """
+    from geokd.analysis.graph_names import default_rows, variant_names
     from geokd.plots import layer_order
 
+    all_rows = rows
+    variants = variant_names(all_rows, settings.get("analyses", [settings]) if settings else None)
+    rows = default_rows(all_rows)   # the sections below show the default analysis
     methods = _student_methods(rows)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
@@ -142,6 +149,12 @@ def build_report(rows: Sequence[Mapping], *, figures: Sequence[str] = (), settin
         if sentences:
             parts.append(f"<li><b>{html.escape(method)}</b>: " + " ".join(s[0].upper() + s[1:] for s in sentences) + "</li>")
     parts.append("</ul>")
+    if variants:
+        from geokd.report_variants import variant_section
+
+        figure = next((p for p in figures if os.path.basename(p) == "variants.png"), None)
+        parts.append(variant_section(all_rows, variants=variants, figure=figure))
+        figures = [p for p in figures if p != figure]
     if figures:
         parts.append("<h2>Figures</h2>")
         for path in figures:

@@ -31,7 +31,7 @@ CLOSENESS = {
 
 def _values(rows, method, layer, metric) -> np.ndarray:
     return np.array([r["value"] for r in rows if r["method"] == method and r["layer"] == layer
-                     and r["metric"] == metric], dtype=np.float64)
+                     and r["metric"] == metric and r["value"] is not None], dtype=np.float64)
 
 
 def closeness_by_layer(rows: Sequence[Mapping], *, methods: tuple[str, str] = ("gkd", "rkd-d"),

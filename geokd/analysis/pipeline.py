@@ -4,6 +4,12 @@ The teacher's activations, graphs, spectra, k-NN votes and low-frequency bases a
 computed once and reused for every student; students are loaded one at a time, so memory
 holds one student's node-set features at most.
 
+Graph variants (``graphs=``, ``geokd analyze --graphs``): every variant's graphs of a layer
+come from one float64 Gram product of that layer's features (one per layer and network,
+beside the default graphs' float32 one, which keeps the default analysis' values as they
+are), and every variant's metrics are added as rows named by the variant's ``graph``
+(:mod:`geokd.analysis.variant_graphs`, :mod:`geokd.analysis.variant_metrics`).
+
 Scale: each layer's k-NN graph and dense GKD graph ``Â`` come from one Gram product (up to
 ``DENSE_LIMIT`` nodes); above ``EXACT_SPECTRUM_LIMIT`` nodes the spectra are taken on a fixed
 class-balanced subset (see :func:`spectral_subset`), every other metric on all nodes. The
@@ -27,7 +33,10 @@ from geokd.analysis.crossgraph import low_frequency_basis, signal_variation
 from geokd.analysis.layer_graph import cosine_graphs, cosine_knn_graph, gkd_adjacency
 from geokd.analysis.smoothness import smoothness_metrics
 from geokd.analysis.spectral import aligned_distance, heat_trace_distance, lambda_distance, laplacian_spectrum
-from geokd.analysis.tables import make_row
+from geokd.analysis.graph_names import name_default_graphs
+from geokd.analysis.tables import empty_row, make_row
+from geokd.analysis.variant_graphs import check_variants, variant_graphs_of
+from geokd.analysis.variant_metrics import student_measures, teacher_variant
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,7 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                      student_layers: Sequence[str] | None = None, k: int = 10,
                      num_eigenvectors: int = 10, linear_probe: bool = False, device="cpu",
                      batch_size: int = 500, node_set: str = "nodes", heatmap_per_class: int = 5,
+                     graphs: Sequence = (),
                      on_network: Callable[[Network, list[dict]], None] | None = None) -> AnalysisResult:
     """All metrics, per sensing point, of ``teacher`` and every student, as tidy rows.
 
@@ -184,6 +194,12 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
     heatmap_per_class : int
         Size per class of the batch whose GKD graphs are kept for heat maps (teacher and
         the first student of each method).
+    graphs : sequence of GraphSpec or str
+        Graph variants (names such as ``"cos-sym-k10-inter-p1"``) to measure every layer
+        under too, each built on the node set as the GKD loss builds it (a student's graph
+        takes the teacher's k-NN mask). Their rows carry the variant's name in ``graph``;
+        the default analysis' rows name their own graph
+        (:mod:`geokd.analysis.graph_names`) and are the same with or without variants.
     on_network : callable, optional
         Called as ``on_network(network, rows_so_far)`` when a network is done (to report
         progress or save partial results).
@@ -191,14 +207,20 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
     Returns
     -------
     AnalysisResult
-        ``rows`` with ``network, method, seed, layer, metric, value, node_set, k``, and the
-        heat-map graphs.
+        ``rows`` with ``network, method, seed, layer, metric, value, node_set, k, graph``
+        (and ``note`` where a value is left empty or a variant leaves nodes without
+        edges), and the heat-map graphs.
     """
+    from geokd.graphs.spec_names import parse_graph_names
+
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (images.shape[0],):
         raise ValueError(f"expected one label per image ({images.shape[0]}), got labels of shape {labels.shape}")
     nodes = np.asarray(node_indices, dtype=np.int64)
     node_labels = labels[nodes]
+    # Checked before any network is loaded: a wrong name or a k too large fails at once.
+    variants = parse_graph_names(graphs, where="graph variants") if len(graphs) else ()
+    check_variants(variants, num_nodes=nodes.size)
     num_classes = int(labels.max()) + 1
     extra = {"node_set": node_set, "k": int(k)}
     batch = heatmap_batch(node_labels, per_class=heatmap_per_class)
@@ -229,20 +251,29 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                      metric="test_error", value=100.0 * (t_acts.predictions != labels).mean(), **extra)]
     subset = spectral_subset(node_labels)
     spectral_extra = extra if subset is None else {**extra, "node_set": f"{node_set}/spectral-{subset.size}nodes"}
-    teacher_layers: dict[str, tuple[LayerGraphs, np.ndarray, np.ndarray]] = {}
+    teacher_layers: dict[str, tuple[LayerGraphs, np.ndarray, np.ndarray, dict]] = {}
     for layer in layers:
         graphs = layer_graphs(t_acts.features[layer], node_labels, k=k, num_classes=num_classes,
                               device=device, name=f"{teacher.name} {layer}", subset=subset)
         eigenvalues, basis = low_frequency_basis(graphs.knn, num_eigenvectors=num_eigenvectors, name=layer)
         probe = (linear_probe_predictions(t_acts.features[layer], node_labels, name=layer)
                  if linear_probe else None)
-        teacher_layers[layer] = (graphs, basis, probe)
         rows += _network_layer_rows(teacher, layer, graphs, node_labels, t_final, extra)
         rows.append(make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer=layer,
                              metric="cross_graph_variation", value=eigenvalues.mean(), **extra))
         if probe is not None:
             rows.append(make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer=layer,
                                  metric="probe_accuracy", value=(probe == node_labels).mean(), **extra))
+        name_default_graphs(rows, k=k)
+        t_variants = {}
+        if variants:
+            name = f"{teacher.name} {layer}"
+            for graph_name, graph in variant_graphs_of(t_acts.features[layer], node_labels, variants,
+                                                       device=device, name=name).items():
+                t_variants[graph_name] = teacher_variant(graph, node_labels, num_eigenvectors=num_eigenvectors,
+                                                         name=name)
+                rows += _variant_rows(teacher, layer, graph_name, t_variants[graph_name].measures, rows, extra)
+        teacher_layers[layer] = (graphs, basis, probe, t_variants)
     del t_acts
     if on_network:
         on_network(teacher, rows)
@@ -258,6 +289,7 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                               on_activations=keep_heatmaps if show else None)
         if on_network:
             on_network(student, rows)
+    name_default_graphs(rows, k=k)
     return AnalysisResult(rows=rows, heatmaps=heatmaps, heatmap_labels=node_labels[batch])
 
 
@@ -287,7 +319,7 @@ def _student_rows(student, images, labels, layer_map, teacher_layers, teacher_al
         if metric in ("agreement", "agreement_teacher_right", "agreement_teacher_wrong"):
             rows.append(row("output", metric, value))
     for layer in layers:
-        t_graphs, t_basis, t_probe = teacher_layers[layer]
+        t_graphs, t_basis, t_probe, t_variants = teacher_layers[layer]
         name = f"{student.name} {layer}"
         graphs = layer_graphs(acts.features[layer], node_labels, k=k, num_classes=num_classes,
                               device=collect_kw["device"], name=name, subset=subset)
@@ -305,4 +337,31 @@ def _student_rows(student, images, labels, layer_map, teacher_layers, teacher_al
             probe = linear_probe_predictions(acts.features[layer], node_labels, name=name)
             rows.append(row(layer, "probe_accuracy", (probe == node_labels).mean()))
             rows.append(row(layer, "probe_agreement_teacher_block", (probe == t_probe).mean()))
+        name_default_graphs(rows, k=k)
+        if t_variants:
+            masks = {graph_name: tv.knn_mask for graph_name, tv in t_variants.items()}
+            specs = [tv.spec for tv in t_variants.values()]
+            for graph_name, graph in variant_graphs_of(acts.features[layer], node_labels, specs, masks=masks,
+                                                       device=collect_kw["device"], name=name).items():
+                measures = student_measures(graph, t_variants[graph_name], node_labels, name=name)
+                rows += _variant_rows(student, layer, graph_name, measures, rows, extra)
     return rows
+
+
+def _variant_rows(net: Network, layer: str, graph_name: str, measures, rows_so_far: list[dict],
+                  extra: dict) -> list[dict]:
+    """Rows of one network's measures at ``layer`` under a variant; a measure the default
+    analysis already made on the same graph (e.g. the aligned distance on the paper's graph)
+    is not repeated."""
+    done = {(r["layer"], r["metric"], r.get("graph")) for r in rows_so_far if r["network"] == net.name}
+    out = []
+    for measure in measures:
+        if (layer, measure.metric, graph_name) in done:
+            continue
+        columns = dict(network=net.name, method=net.method, seed=net.seed, layer=layer, metric=measure.metric,
+                       **extra, graph=graph_name)
+        if measure.value is None:
+            out.append(empty_row(**columns, note=measure.note))
+        else:
+            out.append({**make_row(value=measure.value, **columns), **({"note": measure.note} if measure.note else {})})
+    return out

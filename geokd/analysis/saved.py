@@ -50,10 +50,12 @@ def read_analyses(directories) -> SavedAnalysis:
     rows, seen, heatmaps, labels, settings = [], {}, {}, None, []
     for directory in directories:
         for row in read_table(os.path.join(directory, "metrics.json")):
-            key = (row["network"], row["layer"], row["metric"], row.get("node_set"), row.get("k"))
+            key = (row["network"], row["layer"], row["metric"], row.get("node_set"), row.get("k"), row.get("graph"))
             if key in seen:
-                if not np.isclose(seen[key], row["value"], rtol=1e-6, atol=1e-9):
-                    raise ValueError(f"{directory}: {key[0]} / {key[1]} / {key[2]} = {row['value']} "
+                if (seen[key] is None) != (row["value"] is None) or (
+                        row["value"] is not None and not np.isclose(seen[key], row["value"], rtol=1e-6, atol=1e-9)):
+                    on = f" on graph {key[5]}" if key[5] else ""
+                    raise ValueError(f"{directory}: {key[0]} / {key[1]} / {key[2]}{on} = {row['value']} "
                                      f"differs from {seen[key]} in an earlier directory (not the same analysis?)")
                 continue
             seen[key] = row["value"]

@@ -17,6 +17,7 @@ Example (``analysis/released_checkpoints.toml``)::
     [graph]
     k = 10
     num_eigenvectors = 10
+    variants = ["cos-sym-full-all-p1", "cos-sym-k10-inter-p1"]  # optional: GraphSpec names
 
 Relative paths are relative to the study file; ``$VARS`` are expanded, and one that is not
 set is an error naming it. ``$GEOKD_RELEASED_DIR`` is the folder of the GKD authors' released
@@ -43,7 +44,7 @@ _ALLOWED = {
     "networks": {"teacher", "students"},
     "data": {"dataset", "split", "mean", "std", "image_size"},
     "nodes": {"per_class", "seed", "output_on"},
-    "graph": {"k", "num_eigenvectors", "layers", "student_layers", "linear_probe"},
+    "graph": {"k", "num_eigenvectors", "layers", "student_layers", "linear_probe", "variants"},
 }
 
 
@@ -66,6 +67,7 @@ class Study:
     layers: list[str] | None = None
     student_layers: list[str] | None = None
     linear_probe: bool = False
+    variants: list[str] = field(default_factory=list)
 
 
 def _dataset_from(name, *, base: str):
@@ -128,6 +130,7 @@ def load_study(path: str) -> Study:
         layers=graph.get("layers"),
         student_layers=graph.get("student_layers"),
         linear_probe=graph.get("linear_probe", False),
+        variants=graph.get("variants", []),
     )
     for key in ("per_class", "node_seed", "k", "num_eigenvectors"):
         value = getattr(study, key)
@@ -138,4 +141,11 @@ def load_study(path: str) -> Study:
         raise ConfigError(f"{path}: expected image_size as a positive integer, got {study.image_size!r}")
     if study.output_on not in ("all", "nodes"):
         raise ConfigError(f"{path}: expected output_on = 'all' or 'nodes', got {study.output_on!r}")
+    if not isinstance(study.variants, list) or not all(isinstance(v, str) for v in study.variants):
+        raise ConfigError(f"{path}: expected [graph] variants as a list of graph names such as "
+                          f"'cos-sym-k10-inter-p1', got {study.variants!r}")
+    if study.variants:   # checked here, so that a typo names the file before any work
+        from geokd.graphs.spec_names import parse_graph_names
+
+        parse_graph_names(study.variants, where=f"{path}: [graph] variants")
     return study

@@ -2,8 +2,10 @@
 
 A row is a plain dict with at least the columns of ``COLUMNS``; ``value`` is a float,
 ``seed`` an int or ``None`` (the teacher has one seed), ``layer`` is ``"output"`` for
-metrics of the final decision. Other columns (``node_set``, ``k``, ...) may be added and
-are kept by the writers.
+metrics of the final decision. Other columns (``node_set``, ``k``, ``graph``, ``note``, ...)
+may be added and are kept by the writers. A metric that was not measured because it means
+nothing there (the label smoothness of an intra-class graph) has ``value = None`` (an empty
+CSV cell, JSON ``null``) and its reason in ``note`` (:func:`empty_row`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 COLUMNS = ("network", "method", "seed", "layer", "metric", "value")
 
@@ -31,6 +33,27 @@ def make_row(*, network: str, method: str, seed: int | None, layer: str, metric:
         raise ValueError(f"{network} / {layer} / {metric}: expected a finite value, got {value}")
     return {"network": network, "method": method, "seed": seed, "layer": layer, "metric": metric,
             "value": value, **extra}
+
+
+def empty_row(*, network: str, method: str, seed: int | None, layer: str, metric: str, note: str,
+              **extra) -> dict:
+    """A row of a metric left unmeasured (``value = None``), with the reason in ``note``.
+
+    Examples
+    --------
+    >>> empty_row(network="t", method="teacher", seed=None, layer="pool", metric="smoothness_ratio",
+    ...           note="fixed by construction")["value"] is None
+    True
+    """
+    if not isinstance(note, str) or not note:
+        raise ValueError(f"{network} / {layer} / {metric}: expected the reason a value is left empty, got {note!r}")
+    return {"network": network, "method": method, "seed": seed, "layer": layer, "metric": metric,
+            "value": None, **extra, "note": note}
+
+
+def measured(rows: Iterable[Mapping]) -> list[Mapping]:
+    """The rows that hold a value (not :func:`empty_row`)."""
+    return [row for row in rows if row.get("value") is not None]
 
 
 def _columns(rows: list[Mapping]) -> list[str]:
@@ -62,6 +85,28 @@ def write_table(rows: Iterable[Mapping], path_stem: str) -> tuple[str, str]:
     return csv_path, json_path
 
 
+def write_csv(rows: Iterable[Mapping], path: str, *, columns: Sequence[str]) -> str:
+    """Write ``rows`` to the CSV file ``path`` with ``columns`` first (``None`` as an empty cell).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = write_csv([{"a": 1, "b": None}], os.path.join(tempfile.mkdtemp(), "t.csv"), columns=["a", "b"])
+    >>> open(path).read().splitlines()
+    ['a,b', '1,']
+    """
+    rows = list(rows)
+    names = list(columns) + [key for row in rows for key in row if key not in columns]
+    names = list(dict.fromkeys(names))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in names})
+    return path
+
+
 def read_table(path: str) -> list[dict]:
     """Read rows written by :func:`write_table` (from its ``.json`` or ``.csv``).
 
@@ -84,8 +129,10 @@ def read_table(path: str) -> list[dict]:
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
-        row["value"] = float(row["value"])
+        row["value"] = float(row["value"]) if row["value"] not in ("", None) else None
         row["seed"] = int(row["seed"]) if row["seed"] not in ("", None) else None
+        if row.get("note") == "":   # a CSV cell cannot tell "no note" from an empty one: as in the JSON
+            del row["note"]
         for key, text in row.items():
             if key in COLUMNS or not isinstance(text, str):
                 continue

@@ -24,7 +24,9 @@ def register(subparsers) -> None:
         help="per-layer graph metrics (smoothness, consistency, distances) of networks vs a teacher",
         description="Compute, per sensing point, label smoothness, k-NN consistency with the teacher and "
                     "teacher-student graph distances, on a fixed class-balanced node set; write tidy "
-                    "tables (metrics.csv, metrics.json) and heat-map graphs to --out.",
+                    "tables (metrics.csv, metrics.json, a graph column naming each metric's graph) and "
+                    "heat-map graphs to --out. With --graphs, every graph metric again under each graph "
+                    "variant, and variants.csv: whether the ranking of the student methods depends on the graph.",
     )
     parser.add_argument("networks", nargs="*", metavar="NETWORK",
                         help="students: run directories or checkpoint files (globs allowed), or network specs "
@@ -45,6 +47,11 @@ def register(subparsers) -> None:
     parser.add_argument("--layers", nargs="+",
                         help="the teacher's sensing points, module names (default: a geokd model's own; "
                              "`geokd layers NETWORK` lists them)")
+    parser.add_argument("--graphs", nargs="+", metavar="NAME",
+                        help="also measure every layer under these graph variants (GraphSpec names: "
+                             "cos-sym-full-all-p1, cos-sym-k10-inter-p1, cos-sym-full-all-p2, cos-sym-k16-intra-p2, "
+                             "gauss-/rw- forms...), each built as the GKD loss builds it; writes variants.csv "
+                             "(rankings of the student methods and Kendall's tau vs the first variant)")
     parser.add_argument("--student-layers", nargs="+",
                         help="the students' sensing points when their names differ from the teacher's "
                              "(another architecture); compared with --layers by position")
@@ -77,10 +84,14 @@ def _settings(args):
     overrides = {"teacher": args.teacher, "dataset": args.dataset, "split": args.split,
                  "per_class": args.per_class, "node_seed": args.node_seed, "output_on": args.output_on, "k": args.k,
                  "layers": args.layers, "student_layers": args.student_layers, "mean": args.mean, "std": args.std, "image_size": args.image_size,
-                 "linear_probe": args.linear_probe}
+                 "linear_probe": args.linear_probe, "variants": getattr(args, "graphs", None)}
     for key, value in overrides.items():
         if value is not None:
             setattr(study, key, value)
+    if study.variants:   # a wrong name fails here, before the output directory is locked
+        from geokd.graphs.spec_names import parse_graph_names
+
+        parse_graph_names(study.variants, where="--graphs")
     students = expand_networks(args.networks or study.students)
     if not study.teacher:
         raise ValueError("expected a teacher (--teacher or [networks] teacher in --config), got none")
@@ -142,8 +153,14 @@ def _analyze(args, study, student_paths) -> int:
     result = analyze_networks(teacher, students, images, labels, node_indices=nodes, mean=mean, std=std,
                               layers=study.layers, student_layers=study.student_layers, k=study.k, num_eigenvectors=study.num_eigenvectors,
                               linear_probe=study.linear_probe, device=args.device, batch_size=args.batch_size,
-                              node_set=node_set, on_network=report)
+                              node_set=node_set, graphs=study.variants, on_network=report)
     csv_path, json_path = write_table(result.rows, os.path.join(args.out, "metrics"))
+    if study.variants:
+        from geokd.analysis.rankings import VARIANT_COLUMNS, variant_rankings
+        from geokd.analysis.tables import write_csv
+
+        variants_path = write_csv(variant_rankings(result.rows, variants=study.variants),
+                                  os.path.join(args.out, "variants.csv"), columns=VARIANT_COLUMNS)
     write_heatmaps(os.path.join(args.out, "heatmaps.npz"), result.heatmaps, result.heatmap_labels)
     settings = {"teacher": study.teacher, "students": student_paths, "dataset": study.dataset,
                 "split": study.split, "image_size": study.image_size, "mean": list(mean), "std": list(std),
@@ -151,9 +168,11 @@ def _analyze(args, study, student_paths) -> int:
                 "per_class": study.per_class, "node_seed": study.node_seed, "output_on": study.output_on,
                 "k": study.k,
                 "num_eigenvectors": study.num_eigenvectors, "layers": study.layers,
-                "student_layers": study.student_layers,
+                "student_layers": study.student_layers, "variants": list(study.variants),
                 "node_indices": chosen.tolist(), "seconds": round(time.perf_counter() - start, 1)}
     with open(os.path.join(args.out, "analysis.json"), "w") as handle:
         json.dump(settings, handle, indent=1)
     print(f"wrote {len(result.rows)} rows to {csv_path} and {json_path} in {settings['seconds']} s")
+    if study.variants:
+        print(f"wrote the rankings under {len(study.variants)} graph variants to {variants_path}")
     return 0

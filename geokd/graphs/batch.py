@@ -13,7 +13,9 @@ from typing import NamedTuple
 import torch
 
 from geokd.graphs._numerics import fit_dtype, full_precision, working
-from geokd.graphs._validation import check_activations, check_k, check_labels, check_pair_batch
+from geokd.graphs._validation import (
+    check_activations, check_finite_graph, check_k, check_labels, check_pair_batch, check_square,
+)
 from geokd.graphs.kernels import _similarity
 from geokd.graphs.masks import _knn_mask, graph_power, task_mask
 from geokd.graphs.normalize import _normalize
@@ -92,6 +94,23 @@ def _fit(graph: torch.Tensor, flat: torch.Tensor, spec: GraphSpec, where) -> tor
                      hint="compute the graph in float32 (or use a normalized cosine graph)")
 
 
+def _task_mask_checked(spec: GraphSpec, labels, mask, b: int, *, num_classes, like: torch.Tensor,
+                       where) -> torch.Tensor | None:
+    """Check ``spec.k`` against ``b``, the k-NN ``mask``'s shape and the labels; return the
+    class mask (``None`` for ``task="all"``) in ``like``'s dtype and device."""
+    if spec.k is not None and mask is None:
+        check_k(spec.k, b, where=where)
+    if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (b, b)):
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"{where + ': ' if where else ''}expected a k-NN mask of shape ({b}, {b}), got {got}")
+    if spec.task == "all":
+        return None
+    if labels is None:
+        raise ValueError(f"{where + ': ' if where else ''}task={spec.task!r} needs class labels, got labels=None")
+    labels = check_labels(labels, b, num_classes=num_classes, device=like.device, where=where)
+    return task_mask(labels, task=spec.task, dtype=like.dtype, where=where)
+
+
 def _batch_graph(flat: torch.Tensor, *, spec: GraphSpec, labels, mask, num_classes, where,
                  checked: bool = True) -> BatchGraph:
     """:func:`batch_graph` of already validated, flattened float32/float64 rows, in their dtype.
@@ -101,20 +120,53 @@ def _batch_graph(flat: torch.Tensor, *, spec: GraphSpec, labels, mask, num_class
     check (the GKD loss checks its total and recomputes with ``checked=True``).
     """
     b = flat.shape[0]
-    if spec.k is not None and mask is None:
-        check_k(spec.k, b, where=where)
-    if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (b, b)):
-        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"{where + ': ' if where else ''}expected a k-NN mask of shape ({b}, {b}), got {got}")
-    tmask = None
-    if spec.task != "all":
-        if labels is None:
-            raise ValueError(f"{where + ': ' if where else ''}task={spec.task!r} needs class labels, got labels=None")
-        labels = check_labels(labels, b, num_classes=num_classes, device=flat.device, where=where)
-        tmask = task_mask(labels, task=spec.task, dtype=flat.dtype, where=where)
-
+    tmask = _task_mask_checked(spec, labels, mask, b, num_classes=num_classes, like=flat, where=where)
     sim = _similarity(flat, kernel=spec.kernel, sigma=spec.sigma, clamp_negative=spec.clamp_negative, where=where,
                       checked=checked)
+    return _graph_from_similarity(sim, spec=spec, tmask=tmask, mask=mask, where=where, checked=checked)
+
+
+def graph_from_similarity(sim: torch.Tensor, *, spec: GraphSpec = _PAPER, labels: torch.Tensor | None = None,
+                          mask: torch.Tensor | None = None, num_classes: int | None = None,
+                          where: str | None = None) -> BatchGraph:
+    """Steps 2-6 of :func:`batch_graph` on a similarity graph already made (step 1).
+
+    With :func:`geokd.graphs.kernels.similarity_from_gram`, several variants of one layer's
+    graph come from one Gram product, each built by the same operations as the GKD loss
+    builds it (degrees of the unmasked graph unless ``spec.renormalize``, the class mask
+    from ``labels``, the k-NN mask ``mask`` if given, else from this graph, then the power).
+    ``spec.kernel``, ``spec.sigma`` and ``spec.clamp_negative`` were for step 1 and are not
+    read here.
+
+    Parameters
+    ----------
+    sim : torch.Tensor
+        ``(B, B)`` float32/float64 similarity graph with a zero diagonal.
+    spec, labels, mask, num_classes, where
+        As in :func:`batch_graph`.
+
+    Examples
+    --------
+    >>> from geokd.graphs.kernels import gram, similarity_from_gram
+    >>> x = torch.rand(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    >>> spec = GraphSpec(k=2, task="inter", power=2)
+    >>> labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    >>> mine = graph_from_similarity(similarity_from_gram(gram(x)), spec=spec, labels=labels)
+    >>> bool(torch.equal(mine.adjacency, batch_graph(x, spec=spec, labels=labels).adjacency))
+    True
+    """
+    if not isinstance(spec, GraphSpec):
+        raise ValueError(f"expected spec to be a GraphSpec, got {type(spec).__name__}")
+    check_square(sim, where=where)
+    check_finite_graph(sim, where=where)
+    b = sim.shape[0]
+    tmask = _task_mask_checked(spec, labels, mask, b, num_classes=num_classes, like=sim, where=where)
+    return _graph_from_similarity(sim, spec=spec, tmask=tmask, mask=mask, where=where)
+
+
+def _graph_from_similarity(sim: torch.Tensor, *, spec: GraphSpec, tmask, mask, where,
+                           checked: bool = True) -> BatchGraph:
+    """Steps 2-6 of :func:`_batch_graph` on checked inputs (``tmask``: the class mask or ``None``)."""
     graph = _normalize(sim, mode=spec.normalization, where=where, checked=checked)
     if tmask is not None:
         graph = graph * tmask

@@ -17,7 +17,7 @@ import torch
 from geokd.graphs._numerics import (
     describe_peak, fit_dtype, full_precision, pow2_scale, squared_norms_in_range, working,
 )
-from geokd.graphs._validation import check_activations
+from geokd.graphs._validation import check_activations, check_finite_graph, check_square
 
 KERNELS = ("cosine", "gaussian", "dot")
 
@@ -205,16 +205,15 @@ def _similarity(flat: torch.Tensor, *, kernel: str, sigma: float | None, clamp_n
     cosine and gaussian values are in [-1, 1]. ``checked=False`` skips the overflow
     check of a ``"dot"`` graph (for callers that check their final result).
     """
+    scale = None
     if kernel == "cosine":
         # Cosines from the Gram matrix: normalizing on the (B, B) side avoids dividing (and
         # back-propagating through) the wide (B, F) activations. A zero row gets 1/|x| = 0.
         # Cosines are scale-free per row, so out-of-range rows are rescaled, not refused.
         g, _ = _gram_in_range(flat, per_row=True)
-        inv_norm = _safe_rsqrt(torch.diagonal(g))
-        a = g * (inv_norm.unsqueeze(1) * inv_norm.unsqueeze(0))
     elif kernel == "dot":
-        a = gram(flat)
-        if checked and not bool(torch.isfinite(a).all()):
+        g = gram(flat)
+        if checked and not bool(torch.isfinite(g).all()):
             raise ValueError(f"{where + ': ' if where else ''}dot similarities overflow {flat.dtype}: the "
                              f"activations are too large ({describe_peak(flat)}); rescale them or use the "
                              "cosine kernel")
@@ -224,11 +223,24 @@ def _similarity(flat: torch.Tensor, *, kernel: str, sigma: float | None, clamp_n
         # exp(-d^2 / 2 sigma^2) with the mean distance as sigma is scale-free: one global
         # power-of-two scale s keeps the distances in range (an explicit sigma becomes sigma/s).
         g, scale = _gram_in_range(flat, per_row=False)
+    return _similarity_from_gram(g, kernel=kernel, sigma=sigma, clamp_negative=clamp_negative, scale=scale)
+
+
+def _similarity_from_gram(g: torch.Tensor, *, kernel: str, sigma: float | None, clamp_negative: bool,
+                          scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The similarity graph of rows whose Gram matrix is ``g`` (of the rows divided by
+    ``scale``, a power of two, when given): the second half of :func:`_similarity`."""
+    if kernel == "cosine":
+        inv_norm = _safe_rsqrt(torch.diagonal(g))
+        a = g * (inv_norm.unsqueeze(1) * inv_norm.unsqueeze(0))
+    elif kernel == "dot":
+        a = g
+    else:
         dist = _distances_from_gram(g)
         if sigma is None:
             width = mean_offdiagonal(dist)
         else:
-            width = torch.as_tensor(float(sigma), dtype=flat.dtype, device=flat.device)
+            width = torch.as_tensor(float(sigma), dtype=g.dtype, device=g.device)
             if scale is not None:
                 width = width / scale
         safe_width = torch.where(width > 0, width, torch.ones_like(width))
@@ -238,3 +250,36 @@ def _similarity(flat: torch.Tensor, *, kernel: str, sigma: float | None, clamp_n
     if clamp_negative:
         a = a.clamp_min(0.0)
     return _zero_diagonal(a)
+
+
+def similarity_from_gram(g: torch.Tensor, *, kernel: str = "cosine", sigma: float | None = None,
+                         clamp_negative: bool = False, where: str | None = None) -> torch.Tensor:
+    """:func:`similarity` of rows given by their Gram matrix ``G = X X^T`` (one product, many graphs).
+
+    The same operations as :func:`similarity` after its Gram product, so a caller that
+    needs several graph variants of one layer multiplies the (wide) rows once. The cosine
+    reads the squared norms off the diagonal, the gaussian the distances
+    ``sqrt(G_ii + G_jj - 2 G_ij)``.
+
+    Parameters
+    ----------
+    g : torch.Tensor
+        ``(N, N)`` symmetric Gram matrix (float32 or float64), finite.
+    kernel, sigma, clamp_negative, where
+        As in :func:`similarity`.
+
+    Examples
+    --------
+    >>> x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    >>> bool(torch.equal(similarity_from_gram(gram(x)), similarity(x)))
+    True
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"expected kernel in {KERNELS}, got {kernel!r}")
+    if sigma is not None and kernel != "gaussian":
+        raise ValueError(f"sigma is the width of the gaussian kernel; got sigma={sigma!r} with kernel={kernel!r}")
+    if sigma is not None:
+        _check_sigma(sigma)
+    check_square(g, where=where)
+    check_finite_graph(g, where=where)
+    return _similarity_from_gram(g, kernel=kernel, sigma=sigma, clamp_negative=clamp_negative)

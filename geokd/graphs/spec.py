@@ -120,18 +120,33 @@ class GraphSpec:
         return cls(**data)
 
     @classmethod
-    def from_name(cls, name: str) -> "GraphSpec":
-        """Parse a name produced by :attr:`name` back into a spec."""
+    def from_name(cls, name: str, *, where: str | None = None) -> "GraphSpec":
+        """Parse a name produced by :attr:`name` back into a spec.
+
+        A wrong name raises :class:`~geokd.errors.ConfigError` showing the form of a name
+        and the valid name nearest to the one given (:mod:`geokd.graphs.spec_names`);
+        ``where`` prefixes the message (e.g. ``"--graphs"``).
+
+        Examples
+        --------
+        >>> GraphSpec.from_name("cos-sym-k10-iner-p1")
+        Traceback (most recent call last):
+        ...
+        geokd.errors.ConfigError: expected a graph variant name of the form KERNEL-NORM-SIZE-TASK-pPOWER[-sSIGMA][-renorm][-relu] with KERNEL cos|gauss|dot, NORM sym|rw|none, SIZE full|k<int>, TASK all|intra|inter, POWER an int >= 1 (SIGMA only with gauss), got 'cos-sym-k10-iner-p1'; the nearest valid name is 'cos-sym-k10-inter-p1'
+        """
+        from geokd.graphs.spec_names import name_error
+
         pattern = (r"(?P<kernel>[a-z]+)-(?P<normalization>sym|rw|none)-(?:full|k(?P<k>\d+))"
                    r"-(?P<task>all|intra|inter)-p(?P<power>\d+)(?:-s(?P<sigma>[0-9.eE+-]+?))?"
                    r"(?P<renorm>-renorm)?(?P<relu>-relu)?")
         match = re.fullmatch(pattern, name) if isinstance(name, str) else None
         if match is None or match["kernel"] not in _ABBREV_KERNEL:
-            raise ConfigError(
-                f"GraphSpec.from_name: expected a name like 'cos-sym-k16-inter-p2' "
-                f"(kernel in {sorted(_ABBREV_KERNEL)}), got {name!r}")
-        return cls(kernel=_ABBREV_KERNEL[match["kernel"]], normalization=match["normalization"],
-                   k=None if match["k"] is None else int(match["k"]), task=match["task"],
-                   power=int(match["power"]), renormalize=match["renorm"] is not None,
-                   sigma=None if match["sigma"] is None else float(match["sigma"]),
-                   clamp_negative=match["relu"] is not None)
+            raise name_error(name, where=where)
+        try:
+            return cls(kernel=_ABBREV_KERNEL[match["kernel"]], normalization=match["normalization"],
+                       k=None if match["k"] is None else int(match["k"]), task=match["task"],
+                       power=int(match["power"]), renormalize=match["renorm"] is not None,
+                       sigma=None if match["sigma"] is None else float(match["sigma"]),
+                       clamp_negative=match["relu"] is not None)
+        except (ConfigError, ValueError) as error:  # k0, p0, a sigma without gauss, ...
+            raise name_error(name, reason=str(error), where=where) from None
