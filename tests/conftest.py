@@ -1,9 +1,19 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 from geokd.checkpoints.released import REQUIRE_RELEASED_ENV, released_dir, released_dir_problem
+
+# The analysis' teacher cache (geokd.analysis.teacher_cache) goes to a folder of this run,
+# not the user's ~/.cache/geokd/analysis. xdist workers and CLI subprocesses inherit the
+# variable; only the process that made the folder removes it, at exit.
+if not os.environ.get("GEOKD_ANALYSIS_CACHE"):
+    os.environ["GEOKD_ANALYSIS_CACHE"] = tempfile.mkdtemp(prefix="geokd-analysis-cache-")
+    atexit.register(shutil.rmtree, os.environ["GEOKD_ANALYSIS_CACHE"], ignore_errors=True)
 
 # Not oversubscribed on the 2-core machines this runs on: under pytest-xdist (`-n 2`) each
 # worker already has a core, and two threads per worker made small convolutions ~10x slower.

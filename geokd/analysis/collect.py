@@ -67,7 +67,7 @@ def normalize_images(images: torch.Tensor, *, mean, std, device) -> torch.Tensor
 @torch.no_grad()
 def collect_activations(model: nn.Module, images: torch.Tensor, *, node_indices, layers=None,
                         mean, std, batch_size: int = 500, device="cpu", progress: bool | None = None,
-                        description: str = "network") -> Activations:
+                        description: str = "network", on_batch=None) -> Activations:
     """Run ``model`` (in eval mode) over ``images``; keep node-set features and all decisions.
 
     Parameters
@@ -86,6 +86,9 @@ def collect_activations(model: nn.Module, images: torch.Tensor, *, node_indices,
     device : str or torch.device
     progress : bool, optional
         Show a tqdm bar; default only on a terminal outside CI.
+    on_batch : callable, optional
+        Called as ``on_batch(n)`` after each batch of ``n`` images (e.g. a
+        :class:`geokd.analysis.progress.Stage`'s ``advance``).
 
     Examples
     --------
@@ -135,6 +138,8 @@ def collect_activations(model: nn.Module, images: torch.Tensor, *, node_indices,
             predictions[start:stop] = outputs.logits.argmax(dim=1).cpu().numpy()
             lo, hi = np.searchsorted(sorted_nodes, [start, stop])
             if lo == hi:
+                if on_batch is not None:
+                    on_batch(stop - start)
                 continue
             rows = torch.as_tensor(sorted_nodes[lo:hi] - start, device=outputs.logits.device)
             for name, value in zip(layers, outputs.features):
@@ -142,6 +147,8 @@ def collect_activations(model: nn.Module, images: torch.Tensor, *, node_indices,
                 if features[name] is None:
                     features[name] = np.empty((nodes.size, flat.shape[1]), dtype=np.float32)
                 features[name][order[lo:hi]] = flat
+            if on_batch is not None:
+                on_batch(stop - start)
     finally:
         close = getattr(taps, "close", None) or getattr(taps, "remove", None)
         if callable(close):

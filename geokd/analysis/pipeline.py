@@ -15,6 +15,13 @@ Scale: each layer's k-NN graph and dense GKD graph ``Â`` come from one Gram pro
 class-balanced subset (see :func:`spectral_subset`), every other metric on all nodes. The
 whole CIFAR-10 test set as nodes, 21 networks: ~9 minutes on 2 cores
 (``benchmarks/bench_whole_analysis.py``).
+
+Progress and the teacher cache: every piece of work runs inside a stage of a
+:class:`geokd.analysis.progress.ProgressReporter` (``features``, ``k-NN graphs``, ``spectra``,
+``consistency``, ``smoothness``, ``distances``, ...), whose sums come back in
+``AnalysisResult.timings``; with ``cache_dir`` the teacher's work (:class:`TeacherWork`) is
+read from / written to :mod:`geokd.analysis.teacher_cache`, so the teacher is not run again
+for new students on the same node set.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from geokd.analysis._validate import CheckedGraph, check_graph
 from geokd.analysis.consistency import knn_vote, linear_probe_predictions, output_agreement
 from geokd.analysis.crossgraph import low_frequency_basis, signal_variation
 from geokd.analysis.layer_graph import cosine_graphs, cosine_knn_graph, gkd_adjacency
+from geokd.analysis.progress import ProgressReporter
 from geokd.analysis.smoothness import smoothness_metrics
 from geokd.analysis.spectral import aligned_distance, heat_trace_distance, lambda_distance, laplacian_spectrum
 from geokd.analysis.graph_names import name_default_graphs
@@ -64,6 +72,8 @@ class Network:
 class AnalysisResult:
     """Tidy metric rows, plus the GKD graphs of one small class-sorted batch for heat maps.
 
+    ``timings`` maps each stage (``features``, ``k-NN graphs``, ``spectra``, ``consistency``,
+    ...: :data:`geokd.analysis.progress.STAGES`) to its seconds summed over the networks.
     ``heatmaps`` maps ``"<network>/<layer>"`` to the batch's ``Â`` (float32 array);
     ``heatmap_labels`` are the batch's labels (same for every network).
     """
@@ -71,6 +81,8 @@ class AnalysisResult:
     rows: list[dict]
     heatmaps: dict[str, np.ndarray]
     heatmap_labels: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)   # seconds per stage, summed over networks
+    teacher_cached: bool = False                               # the teacher's work was read from the cache
 
 
 def heatmap_batch(node_labels: np.ndarray, *, per_class: int) -> np.ndarray:
@@ -125,23 +137,29 @@ def spectral_subset(node_labels: np.ndarray) -> np.ndarray | None:
 
 
 def layer_graphs(features: np.ndarray, labels: np.ndarray, *, k: int, num_classes: int, device,
-                 name: str, subset: np.ndarray | None = None) -> LayerGraphs:
-    """Build everything the metrics of one layer need, once (``subset``: see :func:`spectral_subset`)."""
-    if features.shape[0] <= DENSE_LIMIT:
-        graphs = cosine_graphs(features, k=k, subset=subset, device=device, name=name)
-        knn, adjacency, subset_knn = graphs.knn, graphs.adjacency, graphs.subset_knn
-    else:
-        knn, adjacency = cosine_knn_graph(features, k=k, device=device, name=name), None
-        subset_knn = None if subset is None else cosine_knn_graph(features[subset], k=k, device=device, name=name)
-    # Checked once here; the half-dozen metrics below take the CheckedGraph as it is.
-    knn = check_graph(knn, name=name)
-    spectral_knn = knn if subset is None else check_graph(subset_knn, name=name)
-    return LayerGraphs(
-        knn=knn,
-        votes=knn_vote(knn, labels, num_classes=num_classes, name=name),
-        adjacency=adjacency,
-        spectrum=laplacian_spectrum(spectral_knn, name=name),
-    )
+                 name: str, subset: np.ndarray | None = None, progress: ProgressReporter | None = None,
+                 network: str = "", layer: str = "") -> LayerGraphs:
+    """Build everything the metrics of one layer need, once (``subset``: see :func:`spectral_subset`).
+
+    ``progress`` times the ``k-NN graphs``, ``consistency`` (the k-NN votes) and ``spectra``
+    stages of ``network`` at ``layer``.
+    """
+    progress = progress if progress is not None else ProgressReporter()
+    with progress.stage(network, "k-NN graphs", detail=layer):
+        if features.shape[0] <= DENSE_LIMIT:
+            graphs = cosine_graphs(features, k=k, subset=subset, device=device, name=name)
+            knn, adjacency, subset_knn = graphs.knn, graphs.adjacency, graphs.subset_knn
+        else:
+            knn, adjacency = cosine_knn_graph(features, k=k, device=device, name=name), None
+            subset_knn = None if subset is None else cosine_knn_graph(features[subset], k=k, device=device, name=name)
+        # Checked once here; the half-dozen metrics below take the CheckedGraph as it is.
+        knn = check_graph(knn, name=name)
+        spectral_knn = knn if subset is None else check_graph(subset_knn, name=name)
+    with progress.stage(network, "consistency", detail=layer):
+        votes = knn_vote(knn, labels, num_classes=num_classes, name=name)
+    with progress.stage(network, "spectra", detail=layer):
+        spectrum = laplacian_spectrum(spectral_knn, name=name)
+    return LayerGraphs(knn=knn, votes=votes, adjacency=adjacency, spectrum=spectrum)
 
 
 def _network_layer_rows(net: Network, layer: str, graphs: LayerGraphs, labels: np.ndarray,
@@ -163,7 +181,8 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                      num_eigenvectors: int = 10, linear_probe: bool = False, device="cpu",
                      batch_size: int = 500, node_set: str = "nodes", heatmap_per_class: int = 5,
                      graphs: Sequence = (),
-                     on_network: Callable[[Network, list[dict]], None] | None = None) -> AnalysisResult:
+                     on_network: Callable[[Network, list[dict]], None] | None = None,
+                     progress: ProgressReporter | None = None, cache_dir=None) -> AnalysisResult:
     """All metrics, per sensing point, of ``teacher`` and every student, as tidy rows.
 
     Parameters
@@ -203,13 +222,22 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
     on_network : callable, optional
         Called as ``on_network(network, rows_so_far)`` when a network is done (to report
         progress or save partial results).
+    progress : ProgressReporter, optional
+        Times every stage of every network (and, given its ``write``, reports as it goes);
+        default a silent one. The stage times come back in ``AnalysisResult.timings``.
+    cache_dir : str or path, optional
+        Keep the teacher's work (its rows, k-NN graphs, votes, GKD graphs, spectra,
+        low-frequency bases, probe and decisions) in this folder, keyed by the node set, the
+        settings and a hash of the teacher's weights (:mod:`geokd.analysis.teacher_cache`),
+        and read it from there when it is already present: the teacher is then not run.
+        ``None`` (default): no cache. Not used with graph ``variants``.
 
     Returns
     -------
     AnalysisResult
         ``rows`` with ``network, method, seed, layer, metric, value, node_set, k, graph``
         (and ``note`` where a value is left empty or a variant leaves nodes without
-        edges), and the heat-map graphs.
+        edges), the heat-map graphs and the time per stage.
     """
     from geokd.graphs.spec_names import parse_graph_names
 
@@ -226,55 +254,65 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
     batch = heatmap_batch(node_labels, per_class=heatmap_per_class)
     heatmaps: dict[str, np.ndarray] = {}
 
-    def keep_heatmaps(net: Network, acts: Activations) -> None:
-        for layer in acts.layers:
-            heatmaps[f"{net.name}/{layer}"] = gkd_adjacency(
-                acts.features[layer][batch], device=device, name=f"{net.name} {layer}").cpu().numpy()
-    collect_kw = dict(node_indices=nodes, mean=mean, std=std, batch_size=batch_size, device=device)
+    progress = progress if progress is not None else ProgressReporter()
+    if progress.num_networks is None:
+        progress.num_networks = 1 + len(students)
 
-    teacher_model = teacher.load(device)
-    layers = tuple(layers or getattr(teacher_model, "sensing_points", ()) or ())
-    if not layers:
-        raise ValueError(f"teacher {teacher.name}: expected layer names (--layers) for a {type(teacher_model).__name__}, "
-                         "which has no sensing_points; `geokd layers NETWORK` lists the names")
-    student_layers = tuple(student_layers) if student_layers is not None else layers
-    if len(student_layers) != len(layers):
-        raise ValueError(f"expected as many student layers as teacher layers (compared by position), got "
-                         f"{len(student_layers)} ({', '.join(student_layers)}) for {len(layers)} "
-                         f"({', '.join(layers)})")
-    t_acts = collect_activations(teacher_model, images, layers=layers, description=teacher.name, **collect_kw)
-    del teacher_model
-    t_final = t_acts.node_predictions
-    t_all = t_acts.predictions
-    keep_heatmaps(teacher, t_acts)
-    rows = [make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer="output",
-                     metric="test_error", value=100.0 * (t_acts.predictions != labels).mean(), **extra)]
-    subset = spectral_subset(node_labels)
-    spectral_extra = extra if subset is None else {**extra, "node_set": f"{node_set}/spectral-{subset.size}nodes"}
-    teacher_layers: dict[str, tuple[LayerGraphs, np.ndarray, np.ndarray, dict]] = {}
-    for layer in layers:
-        graphs = layer_graphs(t_acts.features[layer], node_labels, k=k, num_classes=num_classes,
-                              device=device, name=f"{teacher.name} {layer}", subset=subset)
-        eigenvalues, basis = low_frequency_basis(graphs.knn, num_eigenvectors=num_eigenvectors, name=layer)
-        probe = (linear_probe_predictions(t_acts.features[layer], node_labels, name=layer)
-                 if linear_probe else None)
-        rows += _network_layer_rows(teacher, layer, graphs, node_labels, t_final, extra)
-        rows.append(make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer=layer,
-                             metric="cross_graph_variation", value=eigenvalues.mean(), **extra))
-        if probe is not None:
-            rows.append(make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer=layer,
-                                 metric="probe_accuracy", value=(probe == node_labels).mean(), **extra))
-        name_default_graphs(rows, k=k)
-        t_variants = {}
-        if variants:
-            name = f"{teacher.name} {layer}"
-            for graph_name, graph in variant_graphs_of(t_acts.features[layer], node_labels, variants,
-                                                       device=device, name=name).items():
-                t_variants[graph_name] = teacher_variant(graph, node_labels, num_eigenvectors=num_eigenvectors,
-                                                         name=name)
-                rows += _variant_rows(teacher, layer, graph_name, t_variants[graph_name].measures, rows, extra)
-        teacher_layers[layer] = (graphs, basis, probe, t_variants)
-    del t_acts
+    def keep_heatmaps(net: Network, acts: Activations) -> dict[str, np.ndarray]:
+        kept = {}
+        with progress.stage(net.name, "heatmaps"):
+            for layer in acts.layers:
+                kept[f"{net.name}/{layer}"] = gkd_adjacency(
+                    acts.features[layer][batch], device=device, name=f"{net.name} {layer}").cpu().numpy()
+        heatmaps.update(kept)
+        return kept
+    collect_kw = dict(node_indices=nodes, mean=mean, std=std, batch_size=batch_size, device=device,
+                      progress=progress)
+
+    with progress.network(teacher.name) as teacher_timer:
+        with progress.stage(teacher.name, "loading"):
+            teacher_model = teacher.load(device)
+        layers = tuple(layers or getattr(teacher_model, "sensing_points", ()) or ())
+        if not layers:
+            raise ValueError(f"teacher {teacher.name}: expected layer names (--layers) for a "
+                             f"{type(teacher_model).__name__}, which has no sensing_points; "
+                             "`geokd layers NETWORK` lists the names")
+        student_layers = tuple(student_layers) if student_layers is not None else layers
+        if len(student_layers) != len(layers):
+            raise ValueError(f"expected as many student layers as teacher layers (compared by position), got "
+                             f"{len(student_layers)} ({', '.join(student_layers)}) for {len(layers)} "
+                             f"({', '.join(layers)})")
+        subset = spectral_subset(node_labels)
+        spectral_extra = extra if subset is None else {**extra, "node_set": f"{node_set}/spectral-{subset.size}nodes"}
+        settings = dict(layers=layers, k=k, num_eigenvectors=num_eigenvectors, linear_probe=linear_probe,
+                        extra=extra, batch=batch, subset=subset)
+        work, entry = None, None
+        if cache_dir is not None and not variants:
+            from geokd.analysis.teacher_cache import cache_entry, read_teacher_work
+
+            with progress.stage(teacher.name, "teacher cache"):
+                entry = cache_entry(cache_dir, teacher=teacher, model=teacher_model, images=images, labels=labels,
+                                    nodes=nodes, mean=mean, std=std, batch_size=batch_size, device=device,
+                                    heatmap_per_class=heatmap_per_class, **settings)
+                work = read_teacher_work(entry, warn=progress.message)
+            if work is not None:
+                teacher_timer.typical = False   # its time says nothing of a student's
+                progress.message(f"{teacher.name}: cached (features, k-NN graphs, spectra and rows read from "
+                                 f"{entry.folder})")
+        if work is None:
+            work = _teacher_work(teacher, teacher_model, images, labels, node_labels, collect_kw=collect_kw,
+                                 num_classes=num_classes, variants=variants, progress=progress,
+                                 keep_heatmaps=keep_heatmaps, **settings)
+            if entry is not None:
+                from geokd.analysis.teacher_cache import write_teacher_work
+
+                with progress.stage(teacher.name, "teacher cache"):
+                    write_teacher_work(entry, work)
+        else:
+            heatmaps.update(work.heatmaps)
+        del teacher_model
+    rows = list(work.rows)
+    teacher_layers, t_all = work.layers, work.predictions
     if on_network:
         on_network(teacher, rows)
 
@@ -282,26 +320,97 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
     for student in students:
         show = student.method not in methods_shown
         methods_shown.add(student.method)
-        rows += _student_rows(student, images, labels, dict(zip(layers, student_layers)), teacher_layers, t_all, nodes,
-                              collect_kw=collect_kw, k=k, num_classes=num_classes,
-                              linear_probe=linear_probe, extra=extra, spectral_extra=spectral_extra,
-                              subset=subset,
-                              on_activations=keep_heatmaps if show else None)
+        with progress.network(student.name):
+            rows += _student_rows(student, images, labels, dict(zip(layers, student_layers)), teacher_layers, t_all,
+                                  nodes, collect_kw=collect_kw, k=k, num_classes=num_classes,
+                                  linear_probe=linear_probe, extra=extra, spectral_extra=spectral_extra,
+                                  subset=subset, progress=progress,
+                                  on_activations=keep_heatmaps if show else None)
         if on_network:
             on_network(student, rows)
     name_default_graphs(rows, k=k)
-    return AnalysisResult(rows=rows, heatmaps=heatmaps, heatmap_labels=node_labels[batch])
+    return AnalysisResult(rows=rows, heatmaps=heatmaps, heatmap_labels=node_labels[batch],
+                          timings=dict(progress.timings), teacher_cached=entry is not None and work.cached)
+
+
+@dataclass
+class TeacherWork:
+    """The teacher's part of an analysis, computed once per node set (and cached on disk).
+
+    ``layers`` maps each sensing point to ``(LayerGraphs, low-frequency basis, probe
+    predictions or None, variants)``; ``predictions`` are the teacher's decisions on every
+    input, ``rows`` its metric rows, ``heatmaps`` its heat-map graphs.
+    """
+
+    rows: list[dict]
+    layers: dict[str, tuple]
+    predictions: np.ndarray
+    heatmaps: dict[str, np.ndarray]
+    cached: bool = False
+
+
+def _collect(net: Network, model, images, layers, collect_kw, progress: ProgressReporter) -> Activations:
+    with progress.stage(net.name, "features", total=int(images.shape[0]), unit="images") as stage:
+        return collect_activations(model, images, layers=layers, description=net.name, on_batch=stage.advance,
+                                   **{**collect_kw, "progress": False})
+
+
+def _teacher_work(teacher: Network, model, images, labels, node_labels, *, layers, k, num_eigenvectors,
+                  linear_probe, extra, batch, subset, collect_kw, num_classes, variants, progress,
+                  keep_heatmaps) -> TeacherWork:
+    t_acts = _collect(teacher, model, images, layers, collect_kw, progress)
+    device = collect_kw["device"]
+    t_final = t_acts.node_predictions
+    kept = keep_heatmaps(teacher, t_acts)
+    rows = [make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer="output",
+                     metric="test_error", value=100.0 * (t_acts.predictions != labels).mean(), **extra)]
+    teacher_layers: dict[str, tuple[LayerGraphs, np.ndarray, np.ndarray, dict]] = {}
+    for index, layer in enumerate(layers):
+        with progress.layer(teacher.name, layer, index=index, count=len(layers)):
+            graphs = layer_graphs(t_acts.features[layer], node_labels, k=k, num_classes=num_classes,
+                                  device=device, name=f"{teacher.name} {layer}", subset=subset,
+                                  progress=progress, network=teacher.name, layer=layer)
+            with progress.stage(teacher.name, "spectra", detail=layer):
+                eigenvalues, basis = low_frequency_basis(graphs.knn, num_eigenvectors=num_eigenvectors, name=layer)
+            probe = None
+            if linear_probe:
+                with progress.stage(teacher.name, "probe", detail=layer):
+                    probe = linear_probe_predictions(t_acts.features[layer], node_labels, name=layer)
+            with progress.stage(teacher.name, "smoothness", detail=layer):
+                rows += _network_layer_rows(teacher, layer, graphs, node_labels, t_final, extra)
+            rows.append(make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer=layer,
+                                 metric="cross_graph_variation", value=eigenvalues.mean(), **extra))
+            if probe is not None:
+                rows.append(make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer=layer,
+                                     metric="probe_accuracy", value=(probe == node_labels).mean(), **extra))
+            name_default_graphs(rows, k=k)
+            t_variants = {}
+            if variants:
+                name = f"{teacher.name} {layer}"
+                with progress.stage(teacher.name, "variants", detail=layer):
+                    for graph_name, graph in variant_graphs_of(t_acts.features[layer], node_labels, variants,
+                                                               device=device, name=name).items():
+                        t_variants[graph_name] = teacher_variant(graph, node_labels,
+                                                                 num_eigenvectors=num_eigenvectors, name=name)
+                        rows += _variant_rows(teacher, layer, graph_name, t_variants[graph_name].measures, rows,
+                                              extra)
+            teacher_layers[layer] = (graphs, basis, probe, t_variants)
+    return TeacherWork(rows=rows, layers=teacher_layers, predictions=t_acts.predictions, heatmaps=kept)
+
+
+
 
 
 def _student_rows(student, images, labels, layer_map, teacher_layers, teacher_all, nodes, *,
-                  collect_kw, k, num_classes, linear_probe, extra, spectral_extra, subset,
+                  collect_kw, k, num_classes, linear_probe, extra, spectral_extra, subset, progress,
                   on_activations=None):
     """``layer_map``: the teacher's sensing point -> the student's module at that position."""
     node_labels = labels[nodes]
     t_final = teacher_all[nodes]
-    model = student.load(collect_kw["device"])
-    own = collect_activations(model, images, layers=tuple(layer_map.values()), description=student.name,
-                              **collect_kw)
+    device = collect_kw["device"]
+    with progress.stage(student.name, "loading"):
+        model = student.load(device)
+    own = _collect(student, model, images, tuple(layer_map.values()), collect_kw, progress)
     del model
     # Keyed by the teacher's names from here on: a sensing point is compared by position.
     layers = tuple(layer_map)
@@ -314,37 +423,56 @@ def _student_rows(student, images, labels, layer_map, teacher_layers, teacher_al
         return make_row(network=student.name, method=student.method, seed=student.seed, layer=layer,
                         metric=metric, value=value, **columns)
 
-    rows = [row("output", "test_error", 100.0 * (acts.predictions != labels).mean())]
-    for metric, value in output_agreement(acts.predictions, teacher_all, labels, name=student.name).items():
-        if metric in ("agreement", "agreement_teacher_right", "agreement_teacher_wrong"):
-            rows.append(row("output", metric, value))
-    for layer in layers:
-        t_graphs, t_basis, t_probe, t_variants = teacher_layers[layer]
-        name = f"{student.name} {layer}"
-        graphs = layer_graphs(acts.features[layer], node_labels, k=k, num_classes=num_classes,
-                              device=collect_kw["device"], name=name, subset=subset)
+    with progress.stage(student.name, "consistency"):
+        rows = [row("output", "test_error", 100.0 * (acts.predictions != labels).mean())]
+        for metric, value in output_agreement(acts.predictions, teacher_all, labels, name=student.name).items():
+            if metric in ("agreement", "agreement_teacher_right", "agreement_teacher_wrong"):
+                rows.append(row("output", metric, value))
+    for index, layer in enumerate(layers):
+        with progress.layer(student.name, layer, index=index, count=len(layers)):
+            rows += _student_layer_rows(student, layer, acts, teacher_layers[layer], row, node_labels, t_final,
+                                        device=device, k=k, num_classes=num_classes, linear_probe=linear_probe,
+                                        extra=extra, spectral_extra=spectral_extra, subset=subset,
+                                        progress=progress, rows_so_far=rows)
+    return rows
+
+
+def _student_layer_rows(student, layer, acts, teacher_layer, row, node_labels, t_final, *, device, k, num_classes,
+                        linear_probe, extra, spectral_extra, subset, progress, rows_so_far):
+    t_graphs, t_basis, t_probe, t_variants = teacher_layer
+    name = f"{student.name} {layer}"
+    graphs = layer_graphs(acts.features[layer], node_labels, k=k, num_classes=num_classes,
+                          device=device, name=name, subset=subset, progress=progress,
+                          network=student.name, layer=layer)
+    rows = []
+    with progress.stage(student.name, "smoothness", detail=layer):
         rows += _network_layer_rows(student, layer, graphs, node_labels, acts.node_predictions, extra)
+    with progress.stage(student.name, "consistency", detail=layer):
         rows.append(row(layer, "knn_agreement_teacher_block", (graphs.votes == t_graphs.votes).mean()))
         rows.append(row(layer, "knn_agreement_teacher_output", (graphs.votes == t_final).mean()))
+    with progress.stage(student.name, "distances", detail=layer):
         if graphs.adjacency is not None:
-            rows.append(row(layer, "aligned_distance", aligned_distance(t_graphs.adjacency, graphs.adjacency, name=name)))
+            rows.append(row(layer, "aligned_distance",
+                            aligned_distance(t_graphs.adjacency, graphs.adjacency, name=name)))
         rows.append(row(layer, "lambda_distance", lambda_distance(t_graphs.spectrum, graphs.spectrum, name=name),
                         spectral_extra))
         rows.append(row(layer, "heat_trace_distance",
                         heat_trace_distance(t_graphs.spectrum, graphs.spectrum, name=name), spectral_extra))
         rows.append(row(layer, "cross_graph_variation", signal_variation(t_basis, graphs.knn, name=name).mean()))
-        if linear_probe:
+    if linear_probe:
+        with progress.stage(student.name, "probe", detail=layer):
             probe = linear_probe_predictions(acts.features[layer], node_labels, name=name)
             rows.append(row(layer, "probe_accuracy", (probe == node_labels).mean()))
             rows.append(row(layer, "probe_agreement_teacher_block", (probe == t_probe).mean()))
-        name_default_graphs(rows, k=k)
-        if t_variants:
-            masks = {graph_name: tv.knn_mask for graph_name, tv in t_variants.items()}
-            specs = [tv.spec for tv in t_variants.values()]
+    name_default_graphs(rows, k=k)
+    if t_variants:
+        masks = {graph_name: tv.knn_mask for graph_name, tv in t_variants.items()}
+        specs = [tv.spec for tv in t_variants.values()]
+        with progress.stage(student.name, "variants", detail=layer):
             for graph_name, graph in variant_graphs_of(acts.features[layer], node_labels, specs, masks=masks,
-                                                       device=collect_kw["device"], name=name).items():
+                                                       device=device, name=name).items():
                 measures = student_measures(graph, t_variants[graph_name], node_labels, name=name)
-                rows += _variant_rows(student, layer, graph_name, measures, rows, extra)
+                rows += _variant_rows(student, layer, graph_name, measures, rows_so_far + rows, extra)
     return rows
 
 

@@ -62,6 +62,15 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--out", required=True, help="output directory (locked while it is written)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="where the teacher's work (graphs, spectra, rows) is kept for the next analyses "
+                             "against the same teacher and node set (default: $GEOKD_ANALYSIS_CACHE, else "
+                             "$GEOKD_CACHE/analysis, else ~/.cache/geokd/analysis)")
+    parser.add_argument("--no-teacher-cache", action="store_true",
+                        help="compute the teacher's work again and do not store it")
+    parser.add_argument("--progress-interval", type=float, default=30.0,
+                        help="when stderr is not a terminal: the longest silence inside a stage, in seconds "
+                             "(default 30)")
     parser.set_defaults(handler=_command)
 
 
@@ -141,19 +150,29 @@ def _analyze(args, study, student_paths) -> int:
     print(f"analyzing {len(students)} student{'' if len(students) == 1 else 's'} against {teacher.name} on {nodes.size} nodes "
           f"({node_set}), output agreement on {len(labels)} inputs", file=sys.stderr)
     start = time.perf_counter()
-    done = []
 
     def report(net, rows_so_far):
-        done.append(net.name)
         # Partial results survive an interrupted run; the final write replaces them.
         write_table(rows_so_far, os.path.join(args.out, "metrics"))
-        print(f"  [{len(done)}/{len(students) + 1}] {net.name} ({time.perf_counter() - start:.0f} s)",
-              file=sys.stderr)
 
-    result = analyze_networks(teacher, students, images, labels, node_indices=nodes, mean=mean, std=std,
-                              layers=study.layers, student_layers=study.student_layers, k=study.k, num_eigenvectors=study.num_eigenvectors,
-                              linear_probe=study.linear_probe, device=args.device, batch_size=args.batch_size,
-                              node_set=node_set, graphs=study.variants, on_network=report)
+    from geokd.analysis.progress import ProgressReporter
+    from geokd.analysis.teacher_cache import default_cache_dir
+    from geokd.data.fetch import progress_enabled
+
+    # On a terminal, bars (as the forward passes always had); elsewhere (a log file, a
+    # scheduler, a notebook) a line per stage and network with the time left.
+    progress = ProgressReporter(write=lambda line: print(line, file=sys.stderr, flush=True),
+                                bars=progress_enabled(None), num_networks=1 + len(students),
+                                interval=args.progress_interval)
+    cache_dir = None if args.no_teacher_cache else (args.cache_dir or default_cache_dir())
+    try:
+        result = analyze_networks(teacher, students, images, labels, node_indices=nodes, mean=mean, std=std,
+                                  layers=study.layers, student_layers=study.student_layers, k=study.k,
+                                  num_eigenvectors=study.num_eigenvectors, linear_probe=study.linear_probe,
+                                  device=args.device, batch_size=args.batch_size, node_set=node_set,
+                                  graphs=study.variants, on_network=report, progress=progress, cache_dir=cache_dir)
+    finally:
+        progress.close()
     csv_path, json_path = write_table(result.rows, os.path.join(args.out, "metrics"))
     if study.variants:
         from geokd.analysis.rankings import VARIANT_COLUMNS, variant_rankings
@@ -169,10 +188,13 @@ def _analyze(args, study, student_paths) -> int:
                 "k": study.k,
                 "num_eigenvectors": study.num_eigenvectors, "layers": study.layers,
                 "student_layers": study.student_layers, "variants": list(study.variants),
-                "node_indices": chosen.tolist(), "seconds": round(time.perf_counter() - start, 1)}
+                "node_indices": chosen.tolist(), "seconds": round(time.perf_counter() - start, 1),
+                "stage_seconds": {stage: round(seconds, 3) for stage, seconds in result.timings.items()},
+                "teacher_cached": result.teacher_cached}
     with open(os.path.join(args.out, "analysis.json"), "w") as handle:
         json.dump(settings, handle, indent=1)
     print(f"wrote {len(result.rows)} rows to {csv_path} and {json_path} in {settings['seconds']} s")
     if study.variants:
         print(f"wrote the rankings under {len(study.variants)} graph variants to {variants_path}")
+    print(progress.summary_line(total=time.perf_counter() - start))
     return 0
