@@ -3,24 +3,11 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from geokd.analysis.pipeline import Network, analyze_networks
 from geokd.analysis.teacher_cache import weights_digest
-from geokd.models import build_model
-
-
-def small_cnn(seed):
-    torch.manual_seed(seed)
-    return build_model("small_cnn", in_channels=1, num_classes=10, widths=(4, 8, 8)).eval()
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from geokd.data import load_dataset
-
-    return load_dataset("digits", split="test")
+from tests.test_analysis_pipeline import digits, small_cnn  # noqa: F401 (digits is a fixture)
 
 
 def batches(dataset, batch_size=100):

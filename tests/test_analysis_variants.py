@@ -19,7 +19,8 @@ from geokd.errors import ConfigError
 from geokd.graphs import GraphSpec, batch_graph
 from geokd.graphs.spec_names import nearest_graph_name, parse_graph_names
 from geokd.losses.gkd import gkd_loss
-from geokd.models import build_model, model_config
+from geokd.models import model_config
+from tests.test_analysis_pipeline import digits, small_cnn  # noqa: F401 (digits is a fixture)
 
 LAYERS = ("stage1", "stage2", "pool")
 # A list covering k (full, 5, 16), task (all, inter, intra), power (1, 2), and the other
@@ -27,18 +28,6 @@ LAYERS = ("stage1", "stage2", "pool")
 VARIANTS = ["cos-sym-full-all-p1", "cos-sym-k5-inter-p1", "cos-sym-full-all-p2", "cos-sym-k16-intra-p2",
             "cos-sym-k5-all-p1", "gauss-rw-k5-all-p1-renorm", "dot-none-full-inter-p1", "cos-sym-full-intra-p1"]
 DISTANCES = ("aligned_distance", "lambda_distance", "heat_trace_distance")
-
-
-def small_cnn(seed):
-    torch.manual_seed(seed)
-    return build_model("small_cnn", in_channels=1, num_classes=10, widths=(4, 8, 8)).eval()
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from geokd.data import load_dataset
-
-    return load_dataset("digits", split="test")
 
 
 def _analyze(digits, nodes, graphs=(), students=None, **kw):
