@@ -11,6 +11,7 @@ CSV cell, JSON ``null``) and its reason in ``note`` (:func:`empty_row`).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -73,15 +74,19 @@ def write_table(rows: Iterable[Mapping], path_stem: str) -> tuple[str, str]:
         if missing:
             raise ValueError(f"expected every row to have the columns {COLUMNS}, a row lacks {missing}")
     os.makedirs(os.path.dirname(os.path.abspath(path_stem)), exist_ok=True)
+    from geokd.train.state import atomic_write_bytes
+
     csv_path, json_path = f"{path_stem}.csv", f"{path_stem}.json"
     columns = _columns(rows)
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
-    with open(json_path, "w") as handle:
-        json.dump(rows, handle, indent=1)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+    # Rewritten after every network (partial results): replaced whole, so a reader (a
+    # report, a second process) sees the previous table or the new one, never half of one.
+    atomic_write_bytes(csv_path, buffer.getvalue().encode())
+    atomic_write_bytes(json_path, json.dumps(rows, indent=1).encode())
     return csv_path, json_path
 
 
