@@ -208,9 +208,6 @@ def evaluate_model(model: nn.Module, dataset, *, batch_size: int = 100, device="
     return _count_wrong(fast, batches, name=name, num_classes=dataset.num_classes)
 
 
-_GLOB_CHARS = re.compile(r"[*?[]")
-
-
 def expand_checkpoints(patterns) -> list[str]:
     """The networks named by ``geokd evaluate NETWORK...``: globs expanded (in natural order).
 
@@ -229,31 +226,19 @@ def expand_checkpoints(patterns) -> list[str]:
     ...
     geokd.errors.ConfigError: no file matches '*.pt' in /nowhere/runs (that folder does not exist)
     """
-    import glob
-
-    from geokd.checkpoints.released import fill_released_dir, no_match_message, unset_variable_message, unset_variables
-    from geokd.errors import ConfigError
+    from geokd.checkpoints.released import GLOB_CHARS, expand_variables, glob_matches
     from geokd.models.specs import is_network_spec
-
-    def natural(text: str):
-        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
     found = []
     for pattern in map(os.fspath, patterns):
         if os.path.exists(pattern) or is_network_spec(pattern):
             found.append(pattern)
             continue
-        expanded = os.path.expandvars(os.path.expanduser(fill_released_dir(pattern)))
-        unset = unset_variables(expanded)
-        if unset:
-            raise ConfigError(unset_variable_message(pattern, unset))
-        if not _GLOB_CHARS.search(expanded):
+        expanded = os.path.expanduser(expand_variables(pattern))
+        if not GLOB_CHARS.search(expanded):
             found.append(expanded)  # a plain path: load_network says what is missing
             continue
-        matches = glob.glob(expanded)
-        if not matches:
-            raise ConfigError(no_match_message(pattern, expanded))
-        found += sorted(matches, key=natural)
+        found += glob_matches(pattern, expanded)
     return found
 
 

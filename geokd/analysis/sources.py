@@ -11,13 +11,12 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 
 from geokd.analysis.pipeline import Network
 from geokd.checkpoints.networks import RUN_MODEL_FILE
-from geokd.checkpoints.released import fill_released_dir, no_match_message, unset_variable_message, unset_variables
+from geokd.checkpoints.released import expand_variables, glob_matches
 from geokd.errors import ConfigError
 from geokd.models.specs import is_network_spec, parse_network_spec
 
@@ -80,16 +79,16 @@ def expand_paths(patterns, *, base_dir: str = ".") -> list[str]:
     """
     found = []
     for pattern in patterns:
-        expanded = os.path.expandvars(os.path.expanduser(fill_released_dir(pattern)))
-        unset = unset_variables(expanded)
-        if unset:
-            raise ConfigError(f"expected networks at {unset_variable_message(pattern, unset)}")
+        try:
+            expanded = os.path.expanduser(expand_variables(pattern))
+        except ConfigError as exc:
+            raise ConfigError(f"expected networks at {exc}") from None
         if not os.path.isabs(expanded):
             expanded = os.path.join(base_dir, expanded)
-        matches = glob.glob(expanded)
-        if not matches:
-            raise ConfigError(f"expected networks at {pattern!r}: {no_match_message(pattern, expanded)}")
-        found += sorted(matches, key=_natural_key)
+        try:
+            found += glob_matches(pattern, expanded)
+        except ConfigError as exc:
+            raise ConfigError(f"expected networks at {pattern!r}: {exc}") from None
     return found
 
 
@@ -106,7 +105,3 @@ def expand_networks(patterns, *, base_dir: str = ".") -> list[str]:
         is_path = os.path.exists(os.path.join(base_dir, os.path.expanduser(pattern)))
         found += [pattern] if is_network_spec(pattern) and not is_path else expand_paths([pattern], base_dir=base_dir)
     return found
-
-
-def _natural_key(text: str):
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]

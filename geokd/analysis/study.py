@@ -31,7 +31,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from geokd.checkpoints.released import RELEASED_DIR_ENV, fill_released_dir, unset_variable_message, unset_variables
+from geokd.checkpoints.released import RELEASED_DIR_ENV, expand_variables
 from geokd.errors import ConfigError
 from geokd.models.specs import is_network_spec
 
@@ -102,13 +102,11 @@ def load_study(path: str) -> Study:
         # A spec (torchvision:resnet18@w.pt) names a builder, not a file: only its
         # weights part is a path relative to the study.
         try:  # $GEOKD_RELEASED_DIR: the released networks' folder, default included
-            p = fill_released_dir(p)
+            p = os.path.expanduser(expand_variables(p))
         except FileNotFoundError as exc:
             raise ConfigError(f"{path}: {p!r} needs ${RELEASED_DIR_ENV}: {exc}") from None
-        given, p = p, os.path.expandvars(os.path.expanduser(p))
-        unset = unset_variables(p)
-        if unset:  # left as a literal "$NAME" path, it would fail later and far from here
-            raise ConfigError(f"{path}: {unset_variable_message(given, unset)}")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         if is_network_spec(p):
             source, at, weights = p.partition("@")
             return source + at + (resolve(weights) if at else "")

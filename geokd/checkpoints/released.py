@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geokd.errors import CheckpointError
+from geokd.errors import CheckpointError, ConfigError
 
 __all__ = ["ModuleStandIn", "load_released_state_dict", "restricted_loads", "extract_state_dict",
            "released_dir", "released_dir_problem"]
@@ -133,7 +133,7 @@ def released_dir() -> Path:
 
 _RELEASED_VAR = re.compile(r"\$(?:\{%s\}|%s(?!\w))" % (RELEASED_DIR_ENV, RELEASED_DIR_ENV))
 _ANY_VAR = re.compile(r"\$(?:\{([^}]*)\}|(\w+))")
-_GLOB_CHARS = re.compile(r"[*?[]")
+GLOB_CHARS = re.compile(r"[*?[]")
 
 
 def fill_released_dir(text: str) -> str:
@@ -175,6 +175,49 @@ def unset_variable_message(text: str, names) -> str:
     return message
 
 
+def expand_variables(text: str) -> str:
+    """``text`` with its ``$VARS`` expanded, ``$GEOKD_RELEASED_DIR`` with its default folder.
+
+    The one expansion of every path a user writes (command-line globs, study files); an
+    unset variable is a :class:`~geokd.errors.ConfigError` naming it (left as a literal
+    ``$NAME`` path it would fail later, far from here), and an unset
+    ``$GEOKD_RELEASED_DIR`` without its default folder the ``FileNotFoundError`` of
+    :func:`released_dir`.
+
+    >>> expand_variables("$GEOKD_SURELY_UNSET_VARIABLE/x.pt")
+    Traceback (most recent call last):
+    ...
+    geokd.errors.ConfigError: '$GEOKD_SURELY_UNSET_VARIABLE/x.pt' uses $GEOKD_SURELY_UNSET_VARIABLE, which is not set
+    """
+    expanded = os.path.expandvars(fill_released_dir(text))
+    unset = unset_variables(expanded)
+    if unset:
+        raise ConfigError(unset_variable_message(text, unset))
+    return expanded
+
+
+def glob_matches(pattern: str, expanded: str) -> list[str]:
+    """The files the glob ``expanded`` (``pattern`` with its variables and folder applied)
+    matches, in natural order (``seed2`` before ``seed10``); none is a ``ConfigError``
+    saying why (:func:`no_match_message`).
+
+    >>> glob_matches("/nowhere/runs/*.pt", "/nowhere/runs/*.pt")
+    Traceback (most recent call last):
+    ...
+    geokd.errors.ConfigError: no file matches '*.pt' in /nowhere/runs (that folder does not exist)
+    """
+    import glob
+
+    matches = glob.glob(expanded)
+    if not matches:
+        raise ConfigError(no_match_message(pattern, expanded))
+    return sorted(matches, key=_natural_key)
+
+
+def _natural_key(text: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
 def _looks_released(pattern: str, folder: str, rest: str) -> bool:
     if RELEASED_DIR_ENV in pattern or os.path.basename(folder) == "graph_kd":
         return True
@@ -198,7 +241,7 @@ def no_match_message(pattern: str, expanded: str | None = None) -> str:
     parts = Path(expanded).parts
     cut = len(parts) - 1
     for i, part in enumerate(parts[:-1]):
-        if _GLOB_CHARS.search(part):
+        if GLOB_CHARS.search(part):
             cut = i
             break
     folder = os.path.join(*parts[:cut]) if cut else os.sep

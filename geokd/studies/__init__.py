@@ -473,19 +473,15 @@ def _is_path_key(keys: tuple) -> bool:
 
 def _expand_paths(table: dict, source: str) -> None:
     """Expand ``$VARS`` and ``~`` in the study's paths in place; an unset variable is an error."""
-    from geokd.checkpoints.released import fill_released_dir, unset_variable_message, unset_variables
+    from geokd.checkpoints.released import expand_variables
 
     def expand(text: str, where: str) -> str:
         if "$" not in text and "~" not in text:
             return text
         try:  # $GEOKD_RELEASED_DIR has a default folder (the released networks')
-            text_filled = fill_released_dir(text)
-        except FileNotFoundError as exc:
+            expanded = expand_variables(text)
+        except (FileNotFoundError, ConfigError) as exc:
             raise ConfigError(f"{source} {where}: {exc}") from None
-        expanded = os.path.expandvars(text_filled)
-        unset = unset_variables(expanded)
-        if unset:
-            raise ConfigError(f"{source} {where}: {unset_variable_message(text, unset)}")
         head, sep, rest = expanded.rpartition("@") if "@" in expanded else ("", "", expanded)
         prefix, colon, path = rest.partition(":") if rest.startswith("imagefolder:") else ("", "", rest)
         return head + sep + prefix + colon + os.path.expanduser(path)
