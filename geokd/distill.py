@@ -46,7 +46,7 @@ from torch import nn
 from geokd.graphs._validation import check_labels
 from geokd.losses.registry import build_loss, get_loss_class
 from geokd.models.outputs import ModelOutputs
-from geokd.models.taps import FeatureTaps, _logits_of, parse_tap_name
+from geokd.models.taps import FeatureTaps, LogitsOnly, TapRecorder, _logits_of
 
 __all__ = ["Distiller", "DistillTerms"]
 
@@ -201,7 +201,7 @@ class Distiller(nn.Module):
         self._student_names = s_all
         self._teacher_names = t_all
         self._needs_teacher = any(bool(getattr(m, "needs_teacher", True)) for m in self.terms.values())
-        self._teacher_taps = FeatureTaps(teacher, list(t_all)) if t_all else None
+        self._teacher_taps = FeatureTaps(teacher, list(t_all)) if t_all else LogitsOnly(teacher)
 
         device = _device_of(student)
         if device is not None:
@@ -211,12 +211,15 @@ class Distiller(nn.Module):
         teacher.eval()
 
         self._state = _NONE
-        self._captured: dict[str, torch.Tensor] = {}
-        self._versions: dict[str, int] = {}
-        self._counts: dict[str, int] = {}
-        self._problems: list[str] = []
         self._output = None
         self._teacher_running = False
+        # FeatureTaps' own hooks, left attached: they keep what the student's latest forward
+        # gave (not the teacher's runs through shared modules, nor modules run outside a forward).
+        def accept() -> bool:
+            return not self._teacher_running and self._state == _RUNNING
+
+        self._recorder = (FeatureTaps(student, list(s_all)).recorder(accept=accept) if s_all
+                          else TapRecorder([], has_inplace=False, accept=accept))
         self._handles: list = []
         self._closed = False
         try:
@@ -229,44 +232,13 @@ class Distiller(nn.Module):
 
     # ------------------------------------------------------------------ hooks on the student
     def _register_student_hooks(self) -> None:
-        modules = dict(self.student.named_modules())
-        has_inplace = any(getattr(m, "inplace", False) is True for m in modules.values())
-
-        def keep(name: str, value) -> None:
-            if self._teacher_running or self._state != _RUNNING:
-                return  # the teacher's forward (shared modules) or a module run outside a forward
-            self._counts[name] = self._counts.get(name, 0) + 1
-            if not isinstance(value, torch.Tensor):
-                self._problems.append(f"student layer {name!r} gave a {type(value).__name__}, not a tensor; "
-                                      "tap one of its children")
-                return
-            if value.is_inference():
-                # No version counter to detect a later in-place overwrite: copy when one may happen.
-                self._captured[name] = value.clone() if has_inplace else value
-                self._versions.pop(name, None)
-            else:
-                self._captured[name] = value
-                self._versions[name] = value._version
-
-        for name in self._student_names:
-            path, want_input = parse_tap_name(name)
-            module = modules[path]
-            if want_input:
-                def pre_hook(mod, args, _name=name):
-                    value = args[0] if args else None
-                    if isinstance(value, torch.Tensor) and getattr(mod, "inplace", False):
-                        value = value.clone()  # seen before the in-place module overwrites it
-                    keep(_name, value)
-
-                self._handles.append(module.register_forward_pre_hook(pre_hook))
-            else:
-                self._handles.append(module.register_forward_hook(lambda mod, args, out, _name=name: keep(_name, out)))
+        self._recorder.register()
 
         def start(mod, args):
             if self._teacher_running:
                 return
             self._state = _RUNNING
-            self._captured, self._versions, self._counts, self._problems = {}, {}, {}, []
+            self._recorder.reset()
             self._output = None
 
         def finish(mod, args, output):
@@ -288,21 +260,11 @@ class Distiller(nn.Module):
         if self._state == _USED:
             raise ValueError("Distiller: the student's latest features were already used by a previous call; "
                              "expected one call per student forward (run the student on the batch again)")
-        if self._problems:
-            raise ValueError(f"Distiller: {self._problems[0]}")
-        for name in self._student_names:
-            count = self._counts.get(name, 0)
-            if count == 0:
-                raise ValueError(f"Distiller: student layer {name!r} did not run in the student's latest forward")
-            if count > 1:
-                raise ValueError(f"Distiller: student layer {name!r} ran {count} times in one forward (a shared "
-                                 "module); tap a module that runs once")
-            version = self._versions.get(name)
-            if version is not None and self._captured[name]._version != version:
-                raise ValueError(
-                    f"Distiller: student layer {name!r}: its output was modified in place later in the forward "
-                    "(e.g. by ReLU(inplace=True)); tap the in-place module's input (':input') or its output instead")
-        return self._captured
+        try:
+            features = self._recorder.features()
+        except ValueError as exc:
+            raise ValueError(f"Distiller: student: {exc}") from None
+        return dict(zip(self._student_names, features))
 
     # ------------------------------------------------------------------ the call
     def forward(self, inputs, labels: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> DistillTerms:
@@ -373,7 +335,8 @@ class Distiller(nn.Module):
                 raise ValueError(f"Distiller: loss {name!r}: expected a scalar tensor, got {got}")
             values[name] = value
         self._state = _USED
-        self._captured, self._versions, self._output = {}, {}, None
+        self._recorder.reset()
+        self._output = None
         return DistillTerms(values, self.weights)
 
     def _run_teacher(self, inputs, *, device: torch.device) -> ModelOutputs:
@@ -386,10 +349,7 @@ class Distiller(nn.Module):
         self._teacher_running = True
         try:
             with torch.no_grad():
-                if self._teacher_taps is not None:
-                    out = self._teacher_taps(inputs)
-                else:
-                    out = ModelOutputs(_logits_of(teacher(inputs)), [])
+                out = self._teacher_taps(inputs)
         except ValueError as exc:
             raise ValueError(f"Distiller: teacher: {exc}") from None
         finally:
@@ -436,7 +396,8 @@ class Distiller(nn.Module):
         finally:
             student.train(was_training)
             self._state = _NONE
-            self._captured, self._versions, self._output = {}, {}, None
+            self._recorder.reset()
+            self._output = None
 
     def _setup_terms(self, student: ModelOutputs, teacher: ModelOutputs | None, *, first_call: bool) -> None:
         for name in self._pending_setup:
@@ -509,10 +470,12 @@ class Distiller(nn.Module):
         """Remove every hook added to the student and restore the teacher's mode (idempotent)."""
         if getattr(self, "_closed", True):
             return
+        self._recorder.remove()
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._captured, self._versions, self._output = {}, {}, None
+        self._recorder.reset()
+        self._output = None
         self._closed = True
         self.teacher.train(self._teacher_was_training)
 

@@ -32,14 +32,13 @@ ValueError: no module named 'layer4' in WideResNet; did you mean 'layer3', 'laye
 from __future__ import annotations
 
 import difflib
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from geokd.models.outputs import ModelOutputs
 
-__all__ = ["FeatureTaps", "LogitsOnly", "forward_with_features", "parse_tap_name"]
+__all__ = ["FeatureTaps", "LogitsOnly", "TapRecorder", "forward_with_features", "parse_tap_name"]
 
 INPUT_SUFFIX = ":input"
 
@@ -113,69 +112,19 @@ class FeatureTaps:
         self.names = tuple(names)
         self._has_inplace = any(getattr(m, "inplace", False) is True for m in modules.values())
 
-    @contextmanager
-    def _hooked(self, captured: dict):
-        handles = []
-        counts = {name: 0 for name in self.names}
-
-        def make_hooks(name: str, module: nn.Module, want_input: bool):
-            if want_input:
-                # Pre-hook: sees the input before an in-place module (ReLU(inplace=True)) overwrites it.
-                def pre_hook(mod, args):
-                    counts[name] += 1
-                    if not args or not isinstance(args[0], torch.Tensor):
-                        raise ValueError(f"tap {name!r}: the module's first input is not a tensor")
-                    value = args[0]
-                    if getattr(mod, "inplace", False):
-                        value = value.clone()
-                    captured[name] = value
-
-                return module.register_forward_pre_hook(pre_hook)
-
-            def hook(mod, args, output):
-                counts[name] += 1
-                if not isinstance(output, torch.Tensor):
-                    raise ValueError(
-                        f"tap {name!r}: the module returned a {type(output).__name__}, not a tensor; tap one of its children"
-                    )
-                if output.is_inference():
-                    # Inference tensors have no version counter to detect a later in-place
-                    # overwrite: copy them when the model has any in-place module.
-                    captured[name] = output.clone() if self._has_inplace else output
-                else:
-                    captured[name] = output
-                    captured[name + "\0version"] = output._version
-
-            return module.register_forward_hook(hook)
-
-        try:
-            for name, module, want_input in self._targets:
-                handles.append(make_hooks(name, module, want_input))
-            yield counts
-        finally:
-            for handle in handles:
-                handle.remove()
+    def recorder(self, *, accept=None) -> "TapRecorder":
+        """A :class:`TapRecorder` of these taps (for hooks that outlive one call, as
+        :class:`geokd.distill.Distiller`'s do)."""
+        return TapRecorder(self._targets, has_inplace=self._has_inplace, accept=accept)
 
     def __call__(self, x, *args, **kwargs) -> ModelOutputs:
-        captured: dict = {}
-        with self._hooked(captured) as counts:
+        recorder = self.recorder()
+        recorder.register()
+        try:
             output = self.model(x, *args, **kwargs)
-        for name in self.names:
-            if counts[name] == 0:
-                raise ValueError(f"tap {name!r}: the module did not run in the forward pass")
-            if counts[name] > 1:
-                raise ValueError(
-                    f"tap {name!r}: the module ran {counts[name]} times in one forward pass "
-                    "(a shared module); tap a module that runs once"
-                )
-            version = captured.get(name + "\0version")
-            if version is not None and captured[name]._version != version:
-                raise ValueError(
-                    f"tap {name!r}: its output was modified in place later in the forward pass "
-                    "(e.g. by ReLU(inplace=True)); tap the in-place module's input (':input') "
-                    "or its output instead"
-                )
-        return ModelOutputs(_logits_of(output), [captured[name] for name in self.names])
+        finally:
+            recorder.remove()
+        return ModelOutputs(_logits_of(output), recorder.features())
 
     # A context manager for symmetry with other resources: hooks are only ever attached
     # during a call, so there is nothing left to remove on exit.
@@ -187,6 +136,102 @@ class FeatureTaps:
 
     def __repr__(self) -> str:
         return f"FeatureTaps({type(self.model).__name__}, {list(self.names)})"
+
+
+class TapRecorder:
+    """Hooks on tapped modules and what they saw since the last :meth:`reset`.
+
+    One mechanism for the hooks of :class:`FeatureTaps` (attached for one call) and of
+    :class:`geokd.distill.Distiller` (attached until it is closed). A problem seen inside
+    the forward pass (a module that returned no tensor) is kept and raised by
+    :meth:`features`, after the forward, rather than from inside the user's model.
+
+    Parameters
+    ----------
+    targets : list of (name, module, want_input)
+        What :class:`FeatureTaps` resolved from the names.
+    has_inplace : bool
+        The model has an in-place module: inference tensors (no version counter) are copied.
+    accept : callable, optional
+        ``accept() -> bool``, asked at every hook: ``False`` ignores that run of the
+        module (the Distiller ignores the teacher's forward through shared modules).
+    """
+
+    def __init__(self, targets, *, has_inplace: bool, accept=None):
+        self.targets = list(targets)
+        self.has_inplace = has_inplace
+        self.accept = accept
+        self.handles: list = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was seen (a new forward pass starts)."""
+        self.captured: dict[str, torch.Tensor] = {}
+        self.versions: dict[str, int] = {}
+        self.counts = {name: 0 for name, _, _ in self.targets}
+        self.problems: list[str] = []
+
+    def _keep(self, name: str, value, *, what: str) -> None:
+        if self.accept is not None and not self.accept():
+            return
+        self.counts[name] += 1
+        if not isinstance(value, torch.Tensor):
+            self.problems.append(f"tap {name!r}: the module's first input is not a tensor" if what == "input" else
+                                 f"tap {name!r}: the module returned a {type(value).__name__}, not a tensor; "
+                                 "tap one of its children")
+            return
+        if value.is_inference():
+            # Inference tensors have no version counter to detect a later in-place
+            # overwrite: copy them when the model has any in-place module.
+            self.captured[name] = value.clone() if self.has_inplace else value
+            self.versions.pop(name, None)
+        else:
+            self.captured[name] = value
+            self.versions[name] = value._version
+
+    def register(self) -> None:
+        """Attach the hooks (forward hooks; pre-hooks for ``":input"`` taps)."""
+        for name, module, want_input in self.targets:
+            if want_input:
+                def pre_hook(mod, args, _name=name):
+                    # Seen before an in-place module (ReLU(inplace=True)) overwrites it.
+                    value = args[0] if args else None
+                    if isinstance(value, torch.Tensor) and getattr(mod, "inplace", False):
+                        value = value.clone()
+                    self._keep(_name, value, what="input")
+
+                self.handles.append(module.register_forward_pre_hook(pre_hook))
+            else:
+                self.handles.append(module.register_forward_hook(
+                    lambda mod, args, output, _name=name: self._keep(_name, output, what="output")))
+
+    def remove(self) -> None:
+        """Detach every hook (idempotent)."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def features(self) -> list[torch.Tensor]:
+        """Each tap's tensor, in order; ``ValueError`` if a tap did not run exactly once or
+        its tensor was modified in place later in the forward pass."""
+        if self.problems:
+            raise ValueError(self.problems[0])
+        for name, _, _ in self.targets:
+            if self.counts[name] == 0:
+                raise ValueError(f"tap {name!r}: the module did not run in the forward pass")
+            if self.counts[name] > 1:
+                raise ValueError(
+                    f"tap {name!r}: the module ran {self.counts[name]} times in one forward pass "
+                    "(a shared module); tap a module that runs once"
+                )
+            version = self.versions.get(name)
+            if version is not None and self.captured[name]._version != version:
+                raise ValueError(
+                    f"tap {name!r}: its output was modified in place later in the forward pass "
+                    "(e.g. by ReLU(inplace=True)); tap the in-place module's input (':input') "
+                    "or its output instead"
+                )
+        return [self.captured[name] for name, _, _ in self.targets]
 
 
 class LogitsOnly:
