@@ -67,7 +67,7 @@ def normalize_images(images: torch.Tensor, *, mean, std, device) -> torch.Tensor
 @torch.no_grad()
 def collect_activations(model: nn.Module, images: torch.Tensor, *, node_indices, layers=None,
                         mean, std, batch_size: int = 500, device="cpu", progress: bool | None = None,
-                        description: str = "network", on_batch=None) -> Activations:
+                        description: str = "network", on_batch=None, store=None) -> Activations:
     """Run ``model`` (in eval mode) over ``images``; keep node-set features and all decisions.
 
     Parameters
@@ -89,6 +89,11 @@ def collect_activations(model: nn.Module, images: torch.Tensor, *, node_indices,
     on_batch : callable, optional
         Called as ``on_batch(n)`` after each batch of ``n`` images (e.g. a
         :class:`geokd.analysis.progress.Stage`'s ``advance``).
+    store : geokd.analysis.activation_store.ActivationStore, optional
+        Write the node features there, batch by batch, instead of holding them: each
+        layer's ``features`` entry is then a
+        :class:`~geokd.analysis.activation_store.StoredRows` (read back in blocks), and
+        memory holds one batch whatever the node set's size.
 
     Examples
     --------
@@ -127,7 +132,7 @@ def collect_activations(model: nn.Module, images: torch.Tensor, *, node_indices,
     # For every batch, which node-set rows it holds and where they go.
     order = np.argsort(nodes, kind="stable")
     sorted_nodes = nodes[order]
-    features: dict[str, np.ndarray | None] = {name: None for name in layers}
+    features: dict[str, object] = {name: None for name in layers}
     predictions = np.empty(n, dtype=np.int64)
     show = _progress_enabled() if progress is None else progress
     try:
@@ -145,10 +150,20 @@ def collect_activations(model: nn.Module, images: torch.Tensor, *, node_indices,
             for name, value in zip(layers, outputs.features):
                 flat = value.index_select(0, rows).reshape(hi - lo, -1).float().cpu().numpy()
                 if features[name] is None:
-                    features[name] = np.empty((nodes.size, flat.shape[1]), dtype=np.float32)
-                features[name][order[lo:hi]] = flat
+                    features[name] = (np.empty((nodes.size, flat.shape[1]), dtype=np.float32) if store is None else
+                                      store.writer(name, num_rows=nodes.size, width=flat.shape[1],
+                                                   label=f"{description} {name}"))
+                if store is None:
+                    features[name][order[lo:hi]] = flat
+                else:
+                    features[name].write(order[lo:hi], flat)
             if on_batch is not None:
                 on_batch(stop - start)
+        if store is not None:
+            from geokd.analysis.memory_budget import release_freed_memory
+
+            features = {name: writer.finish() for name, writer in features.items()}
+            release_freed_memory()   # the forward pass's freed buffers, before the graphs' blocks are sized
     finally:
         close = getattr(taps, "close", None) or getattr(taps, "remove", None)
         if callable(close):

@@ -33,7 +33,10 @@ def _check_k(k, n: int, name: str | None) -> None:
 
 
 def _check_nonzero_rows(x: np.ndarray, name: str | None) -> None:
-    norms = np.linalg.norm(x, axis=1)
+    _check_nonzero_norms(np.linalg.norm(x, axis=1), name)
+
+
+def _check_nonzero_norms(norms: np.ndarray, name: str | None) -> None:
     zero = np.flatnonzero(norms == 0)
     if zero.size:
         raise ValueError(
@@ -42,17 +45,22 @@ def _check_nonzero_rows(x: np.ndarray, name: str | None) -> None:
         )
 
 
-def cosine_knn_graph(features, *, k: int = 10, device="cpu", name: str | None = None) -> sp.csr_matrix:
+def cosine_knn_graph(features, *, k: int = 10, device="cpu", name: str | None = None, approximate: bool = False,
+                     candidates: int | None = None, memory_budget: int | None = None) -> sp.csr_matrix:
     """Cosine k-NN graph of a layer: symmetric union, zero diagonal, weights ``>= 0``.
 
     Parameters
     ----------
-    features : array-like or torch.Tensor, shape (N, ...)
+    features : array-like, torch.Tensor or row source, shape (N, ...)
+        A row source (:mod:`geokd.graphs.row_source`, e.g. stored activations) is read a
+        block at a time and never held whole.
     k : int
         Neighbours per node before the union; ``1 <= k < N``.
     device : str or torch.device
     name : str, optional
         The layer's name, used in error messages.
+    approximate, candidates, memory_budget
+        As :func:`geokd.graphs.knn_graph` takes them (default: exact, its default budget).
 
     Returns
     -------
@@ -65,11 +73,21 @@ def cosine_knn_graph(features, *, k: int = 10, device="cpu", name: str | None = 
     ((4, 4), 4)
     """
     from geokd.graphs import knn_graph
+    from geokd.graphs.dataset_knn import DEFAULT_MEMORY_BUDGET
+    from geokd.graphs.row_source import is_row_source
 
-    x = as_features(features, name=name)
-    _check_k(k, x.shape[0], name)
-    _check_nonzero_rows(x, name)
-    w = knn_graph(torch.from_numpy(x), k=int(k), kernel="cosine", device=device)
+    if is_row_source(features):
+        x = features
+        _check_k(k, x.shape[0], name)
+        _check_nonzero_norms(x.norms.numpy(), name)
+    else:
+        x = as_features(features, name=name)
+        _check_k(k, x.shape[0], name)
+        _check_nonzero_rows(x, name)
+        x = torch.from_numpy(x)
+    options = {} if candidates is None else {"candidates": int(candidates)}
+    w = knn_graph(x, k=int(k), kernel="cosine", device=device, approximate=bool(approximate),
+                  memory_budget=int(memory_budget or DEFAULT_MEMORY_BUDGET), **options)
     w = sp.csr_matrix(w, dtype=np.float64)
     w.setdiag(0)
     np.maximum(w.data, 0, out=w.data)
@@ -94,12 +112,13 @@ def _gkd_normalize_(similarity: torch.Tensor, name: str | None) -> torch.Tensor:
     return similarity.mul_(inv_sqrt[:, None]).mul_(inv_sqrt[None, :])
 
 
-def _cosine_matrix(features, *, device, name: str | None) -> torch.Tensor:
+def _cosine_matrix(features, *, device, name: str | None, block: int | None = None) -> torch.Tensor:
     from geokd.graphs.dense_cosine import cosine_similarity_matrix
+    from geokd.graphs.row_source import is_row_source
 
-    x = as_features(features, name=name)
+    x = features if is_row_source(features) else as_features(features, name=name)
     try:
-        return cosine_similarity_matrix(x, device=device)
+        return cosine_similarity_matrix(x, device=device, **({} if block is None else {"block": int(block)}))
     except ValueError as error:   # e.g. an all-zero row: say which layer
         raise ValueError(f"{where(name)}{error}") from None
 
@@ -127,7 +146,8 @@ class CosineGraphs:
     subset_knn: sp.csr_matrix | None   # cosine k-NN graph of the nodes ``subset`` (None: no subset)
 
 
-def cosine_graphs(features, *, k: int = 10, subset=None, device="cpu", name: str | None = None) -> CosineGraphs:
+def cosine_graphs(features, *, k: int = 10, subset=None, device="cpu", name: str | None = None,
+                  block: int | None = None) -> CosineGraphs:
     """The graphs of a layer from one Gram product: k-NN graph, GKD graph ``Â``, subset k-NN graph.
 
     The same graphs as :func:`cosine_knn_graph` and :func:`gkd_adjacency` (up to float32
@@ -145,6 +165,9 @@ def cosine_graphs(features, *, k: int = 10, subset=None, device="cpu", name: str
     device : str or torch.device
     name : str, optional
         The layer's name, used in error messages.
+    block : int, optional
+        Rows of one product panel of the similarity (stored rows: two such blocks are read
+        and held at once).
 
     Examples
     --------
@@ -152,7 +175,7 @@ def cosine_graphs(features, *, k: int = 10, subset=None, device="cpu", name: str
     >>> graphs.knn.nnz, tuple(graphs.adjacency.shape), graphs.subset_knn.shape
     (4, (4, 4), (3, 3))
     """
-    similarity = _cosine_matrix(features, device=device, name=name)
+    similarity = _cosine_matrix(features, device=device, name=name, block=block)
     n = similarity.shape[0]
     _check_k(k, n, name)
     knn = _clipped_knn(similarity, int(k))

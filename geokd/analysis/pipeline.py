@@ -39,6 +39,7 @@ from geokd.analysis.consistency import knn_vote, linear_probe_predictions, outpu
 from geokd.analysis.crossgraph import low_frequency_basis, signal_variation
 from geokd.analysis.layer_graph import cosine_graphs, cosine_knn_graph, gkd_adjacency
 from geokd.analysis.progress import ProgressReporter
+from geokd.analysis.scale import DENSE_LIMIT, ScalePlan, plan_scale, rows_at
 from geokd.analysis.smoothness import smoothness_metrics
 from geokd.analysis.spectral import aligned_distance, heat_trace_distance, lambda_distance, laplacian_spectrum
 from geokd.analysis.graph_names import name_default_graphs
@@ -107,10 +108,9 @@ class LayerGraphs:
     spectrum: np.ndarray            # normalized-Laplacian eigenvalues of the k-NN graph (of the spectral subset)
 
 
-# Up to this many nodes the dense GKD graphs Â are built, from the same Gram product as the
-# k-NN graph, for the aligned distance: N² float32 each (400 MB at 10,000 nodes; the teacher's
-# are kept for every layer). Above, the aligned distance is skipped.
-DENSE_LIMIT = 20_000
+# Up to DENSE_LIMIT nodes (geokd.analysis.scale, which also weighs the memory budget) the dense
+# GKD graphs Â are built, from the same Gram product as the k-NN graph, for the aligned distance:
+# N² float32 each (400 MB at 10,000 nodes; the teacher's are kept for every layer).
 # Above this many nodes the spectra (exact, dense O(N³) eigensolves: 70 s each at 10,000 nodes
 # on 2 cores) are those of the k-NN graphs of a fixed class-balanced subset of the node set,
 # SPECTRUM_PER_CLASS nodes per class (the paper's 1,000-node set on CIFAR-10).
@@ -136,22 +136,33 @@ def spectral_subset(node_labels: np.ndarray) -> np.ndarray | None:
     return balanced_node_set(node_labels, per_class=min(SPECTRUM_PER_CLASS, smallest), seed=0)
 
 
-def layer_graphs(features: np.ndarray, labels: np.ndarray, *, k: int, num_classes: int, device,
+def layer_graphs(features, labels: np.ndarray, *, k: int, num_classes: int, device,
                  name: str, subset: np.ndarray | None = None, progress: ProgressReporter | None = None,
-                 network: str = "", layer: str = "") -> LayerGraphs:
+                 network: str = "", layer: str = "", plan: ScalePlan | None = None) -> LayerGraphs:
     """Build everything the metrics of one layer need, once (``subset``: see :func:`spectral_subset`).
 
+    ``features``: an ``(N, D)`` array or stored rows (:mod:`geokd.analysis.activation_store`,
+    read in blocks). ``plan`` (:func:`geokd.analysis.scale.plan_scale`; default from ``N``
+    alone) says whether the dense GKD graph is built and the k-NN graph approximate.
     ``progress`` times the ``k-NN graphs``, ``consistency`` (the k-NN votes) and ``spectra``
     stages of ``network`` at ``layer``.
     """
+    from geokd.analysis.scale import APPROXIMATE_CANDIDATES
+
     progress = progress if progress is not None else ProgressReporter()
+    plan = plan if plan is not None else plan_scale(num_nodes=features.shape[0], num_layers=1, memory_budget=None)
     with progress.stage(network, "k-NN graphs", detail=layer):
-        if features.shape[0] <= DENSE_LIMIT:
-            graphs = cosine_graphs(features, k=k, subset=subset, device=device, name=name)
+        if plan.dense:
+            graphs = cosine_graphs(features, k=k, subset=subset, device=device, name=name,
+                                   block=plan.block_rows(features, name=name))
             knn, adjacency, subset_knn = graphs.knn, graphs.adjacency, graphs.subset_knn
         else:
-            knn, adjacency = cosine_knn_graph(features, k=k, device=device, name=name), None
-            subset_knn = None if subset is None else cosine_knn_graph(features[subset], k=k, device=device, name=name)
+            knn = cosine_knn_graph(features, k=k, device=device, name=name, approximate=plan.approximate,
+                                   candidates=APPROXIMATE_CANDIDATES if plan.approximate else None,
+                                   memory_budget=plan.knn_budget(features, name=name))
+            adjacency = None
+            subset_knn = None if subset is None else cosine_knn_graph(rows_at(features, subset), k=k, device=device,
+                                                                      name=name)
         # Checked once here; the half-dozen metrics below take the CheckedGraph as it is.
         knn = check_graph(knn, name=name)
         spectral_knn = knn if subset is None else check_graph(subset_knn, name=name)
@@ -182,7 +193,8 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                      batch_size: int = 500, node_set: str = "nodes", heatmap_per_class: int = 5,
                      graphs: Sequence = (),
                      on_network: Callable[[Network, list[dict]], None] | None = None,
-                     progress: ProgressReporter | None = None, cache_dir=None) -> AnalysisResult:
+                     progress: ProgressReporter | None = None, cache_dir=None, memory_budget: int | None = None,
+                     store_dir=None, store_dtype: str = "float32", knn: str = "auto") -> AnalysisResult:
     """All metrics, per sensing point, of ``teacher`` and every student, as tidy rows.
 
     Parameters
@@ -231,6 +243,19 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
         settings and a hash of the teacher's weights (:mod:`geokd.analysis.teacher_cache`),
         and read it from there when it is already present: the teacher is then not run.
         ``None`` (default): no cache. Not used with graph ``variants``.
+    memory_budget : int, optional
+        Bytes of resident memory the whole process may hold (``geokd analyze`` default:
+        4 GB); ``None``: unbounded. Decides whether the dense GKD graphs (aligned distance)
+        fit and sizes the blocks the stored features are read in
+        (:mod:`geokd.analysis.scale`); work that cannot fit is a ``MemoryBudgetError``.
+    store_dir : str or path, optional
+        Write every network's node features to an on-disk store in this folder (one
+        sub-folder per network, removed when its metrics are done) and compute every
+        metric from blocks of it, instead of holding them in memory.
+    store_dtype : {"float32", "float16"}
+        Precision of the stored features.
+    knn : {"auto", "exact", "approximate"}
+        The k-NN graphs: ``auto`` is exact up to 20,000 nodes, approximate above.
 
     Returns
     -------
@@ -263,7 +288,7 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
         with progress.stage(net.name, "heatmaps"):
             for layer in acts.layers:
                 kept[f"{net.name}/{layer}"] = gkd_adjacency(
-                    acts.features[layer][batch], device=device, name=f"{net.name} {layer}").cpu().numpy()
+                    rows_at(acts.features[layer], batch), device=device, name=f"{net.name} {layer}").cpu().numpy()
         heatmaps.update(kept)
         return kept
     collect_kw = dict(node_indices=nodes, mean=mean, std=std, batch_size=batch_size, device=device,
@@ -278,6 +303,10 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                              f"{type(teacher_model).__name__}, which has no sensing_points; "
                              "`geokd layers NETWORK` lists the names")
         student_layers = tuple(student_layers) if student_layers is not None else layers
+        plan = plan_scale(num_nodes=nodes.size, num_layers=len(layers), memory_budget=memory_budget,
+                          store_dir=store_dir, store_dtype=store_dtype, knn=knn)
+        if not plan.dense and plan.dense_note and memory_budget is not None:
+            progress.message(f"aligned distance left out: {plan.dense_note}")
         if len(student_layers) != len(layers):
             raise ValueError(f"expected as many student layers as teacher layers (compared by position), got "
                              f"{len(student_layers)} ({', '.join(student_layers)}) for {len(layers)} "
@@ -285,7 +314,7 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
         subset = spectral_subset(node_labels)
         spectral_extra = extra if subset is None else {**extra, "node_set": f"{node_set}/spectral-{subset.size}nodes"}
         settings = dict(layers=layers, k=k, num_eigenvectors=num_eigenvectors, linear_probe=linear_probe,
-                        extra=extra, batch=batch, subset=subset)
+                        extra=extra, batch=batch, subset=subset, plan=plan)
         work, entry = None, None
         if cache_dir is not None and not variants:
             from geokd.analysis.teacher_cache import cache_entry, read_teacher_work
@@ -299,10 +328,11 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                 teacher_timer.typical = False   # its time says nothing of a student's
                 progress.message(f"{teacher.name}: cached (features, k-NN graphs, spectra and rows read from "
                                  f"{entry.folder})")
+        graph_store = None if plan.store_dir is None else plan.store_for(".teacher-graphs")
         if work is None:
             work = _teacher_work(teacher, teacher_model, images, labels, node_labels, collect_kw=collect_kw,
                                  num_classes=num_classes, variants=variants, progress=progress,
-                                 keep_heatmaps=keep_heatmaps, **settings)
+                                 keep_heatmaps=keep_heatmaps, graph_store=graph_store, **settings)
             if entry is not None:
                 from geokd.analysis.teacher_cache import write_teacher_work
 
@@ -310,7 +340,43 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                     write_teacher_work(entry, work)
         else:
             heatmaps.update(work.heatmaps)
+            for layer, (graphs, *rest) in work.layers.items():   # the cached graphs, mapped from the cache
+                work.layers[layer] = (_adjacency_moved(graphs, graph_store, layer, device=device), *rest)
         del teacher_model
+    try:
+        return _students_of(work, teacher, students, images, labels, layers, student_layers, nodes, node_labels,
+                            collect_kw=collect_kw, k=k, num_classes=num_classes, linear_probe=linear_probe,
+                            extra=extra, spectral_extra=spectral_extra, subset=subset, progress=progress, plan=plan,
+                            keep_heatmaps=keep_heatmaps, heatmaps=heatmaps, batch=batch, on_network=on_network,
+                            teacher_cached=entry is not None and work.cached)
+    finally:
+        if graph_store is not None:
+            graph_store.remove()
+
+
+def _adjacency_moved(graphs: LayerGraphs, store, layer: str, *, device) -> LayerGraphs:
+    """``graphs`` with the teacher's dense graph moved to ``store`` (the aligned distance reads it
+    back in row blocks: memory then holds no teacher graph), or to ``device`` when there is no store."""
+    from dataclasses import replace
+
+    adjacency = graphs.adjacency
+    if adjacency is None or not isinstance(adjacency, (np.ndarray, torch.Tensor)):
+        return graphs
+    if store is None:
+        return replace(graphs, adjacency=torch.as_tensor(np.array(adjacency) if isinstance(adjacency, np.ndarray)
+                                                         else adjacency).to(device))
+    n = adjacency.shape[0]
+    writer = store.writer(layer, num_rows=n, width=n, label=f"teacher graph {layer}")
+    for start in range(0, n, 1024):
+        chunk = adjacency[start:start + 1024]
+        chunk = chunk.cpu().numpy() if isinstance(chunk, torch.Tensor) else np.asarray(chunk)
+        writer.write(np.arange(start, start + chunk.shape[0]), np.asarray(chunk, dtype=np.float32))
+    return replace(graphs, adjacency=writer.finish())
+
+
+def _students_of(work, teacher, students, images, labels, layers, student_layers, nodes, node_labels, *,
+                 collect_kw, k, num_classes, linear_probe, extra, spectral_extra, subset, progress, plan,
+                 keep_heatmaps, heatmaps, batch, on_network, teacher_cached) -> AnalysisResult:
     rows = list(work.rows)
     teacher_layers, t_all = work.layers, work.predictions
     if on_network:
@@ -324,13 +390,13 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
             rows += _student_rows(student, images, labels, dict(zip(layers, student_layers)), teacher_layers, t_all,
                                   nodes, collect_kw=collect_kw, k=k, num_classes=num_classes,
                                   linear_probe=linear_probe, extra=extra, spectral_extra=spectral_extra,
-                                  subset=subset, progress=progress,
+                                  subset=subset, progress=progress, plan=plan,
                                   on_activations=keep_heatmaps if show else None)
         if on_network:
             on_network(student, rows)
     name_default_graphs(rows, k=k)
     return AnalysisResult(rows=rows, heatmaps=heatmaps, heatmap_labels=node_labels[batch],
-                          timings=dict(progress.timings), teacher_cached=entry is not None and work.cached)
+                          timings=dict(progress.timings), teacher_cached=teacher_cached)
 
 
 @dataclass
@@ -349,17 +415,30 @@ class TeacherWork:
     cached: bool = False
 
 
-def _collect(net: Network, model, images, layers, collect_kw, progress: ProgressReporter) -> Activations:
+def _collect(net: Network, model, images, layers, collect_kw, progress: ProgressReporter, store=None) -> Activations:
     with progress.stage(net.name, "features", total=int(images.shape[0]), unit="images") as stage:
         return collect_activations(model, images, layers=layers, description=net.name, on_batch=stage.advance,
-                                   **{**collect_kw, "progress": False})
+                                   store=store, **{**collect_kw, "progress": False})
 
 
 def _teacher_work(teacher: Network, model, images, labels, node_labels, *, layers, k, num_eigenvectors,
                   linear_probe, extra, batch, subset, collect_kw, num_classes, variants, progress,
-                  keep_heatmaps) -> TeacherWork:
-    t_acts = _collect(teacher, model, images, layers, collect_kw, progress)
-    device = collect_kw["device"]
+                  keep_heatmaps, plan: ScalePlan, graph_store=None) -> TeacherWork:
+    store = plan.store_for(teacher.name)
+    try:
+        return _teacher_work_from(teacher, _collect(teacher, model, images, layers, collect_kw, progress, store),
+                                  labels, node_labels, layers=layers, k=k, num_eigenvectors=num_eigenvectors,
+                                  linear_probe=linear_probe, extra=extra, subset=subset, device=collect_kw["device"],
+                                  num_classes=num_classes, variants=variants, progress=progress,
+                                  keep_heatmaps=keep_heatmaps, plan=plan, graph_store=graph_store)
+    finally:
+        if store is not None:
+            store.remove()   # its features are spent: the graphs hold what the students need
+
+
+def _teacher_work_from(teacher: Network, t_acts: Activations, labels, node_labels, *, layers, k, num_eigenvectors,
+                       linear_probe, extra, subset, device, num_classes, variants, progress, keep_heatmaps,
+                       plan: ScalePlan, graph_store=None) -> TeacherWork:
     t_final = t_acts.node_predictions
     kept = keep_heatmaps(teacher, t_acts)
     rows = [make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer="output",
@@ -369,13 +448,17 @@ def _teacher_work(teacher: Network, model, images, labels, node_labels, *, layer
         with progress.layer(teacher.name, layer, index=index, count=len(layers)):
             graphs = layer_graphs(t_acts.features[layer], node_labels, k=k, num_classes=num_classes,
                                   device=device, name=f"{teacher.name} {layer}", subset=subset,
-                                  progress=progress, network=teacher.name, layer=layer)
+                                  progress=progress, network=teacher.name, layer=layer, plan=plan)
+            if graph_store is not None:
+                graphs = _adjacency_moved(graphs, graph_store, layer, device=device)
             with progress.stage(teacher.name, "spectra", detail=layer):
                 eigenvalues, basis = low_frequency_basis(graphs.knn, num_eigenvectors=num_eigenvectors, name=layer)
             probe = None
             if linear_probe:
                 with progress.stage(teacher.name, "probe", detail=layer):
-                    probe = linear_probe_predictions(t_acts.features[layer], node_labels, name=layer)
+                    probe = linear_probe_predictions(plan.whole(t_acts.features[layer], what=f"{teacher.name} "
+                                                                    f"{layer}: the linear probe"),
+                                                     node_labels, name=layer)
             with progress.stage(teacher.name, "smoothness", detail=layer):
                 rows += _network_layer_rows(teacher, layer, graphs, node_labels, t_final, extra)
             rows.append(make_row(network=teacher.name, method=teacher.method, seed=teacher.seed, layer=layer,
@@ -388,7 +471,8 @@ def _teacher_work(teacher: Network, model, images, labels, node_labels, *, layer
             if variants:
                 name = f"{teacher.name} {layer}"
                 with progress.stage(teacher.name, "variants", detail=layer):
-                    for graph_name, graph in variant_graphs_of(t_acts.features[layer], node_labels, variants,
+                    features = plan.whole(t_acts.features[layer], what=f"{name}: the graph variants")
+                    for graph_name, graph in variant_graphs_of(features, node_labels, variants,
                                                                device=device, name=name).items():
                         t_variants[graph_name] = teacher_variant(graph, node_labels,
                                                                  num_eigenvectors=num_eigenvectors, name=name)
@@ -403,14 +487,28 @@ def _teacher_work(teacher: Network, model, images, labels, node_labels, *, layer
 
 def _student_rows(student, images, labels, layer_map, teacher_layers, teacher_all, nodes, *,
                   collect_kw, k, num_classes, linear_probe, extra, spectral_extra, subset, progress,
-                  on_activations=None):
+                  plan: ScalePlan, on_activations=None):
     """``layer_map``: the teacher's sensing point -> the student's module at that position."""
+    store = plan.store_for(student.name)
+    try:
+        return _student_rows_in(student, images, labels, layer_map, teacher_layers, teacher_all, nodes,
+                                collect_kw=collect_kw, k=k, num_classes=num_classes, linear_probe=linear_probe,
+                                extra=extra, spectral_extra=spectral_extra, subset=subset, progress=progress,
+                                plan=plan, store=store, on_activations=on_activations)
+    finally:
+        if store is not None:
+            store.remove()
+
+
+def _student_rows_in(student, images, labels, layer_map, teacher_layers, teacher_all, nodes, *,
+                     collect_kw, k, num_classes, linear_probe, extra, spectral_extra, subset, progress,
+                     plan: ScalePlan, store, on_activations=None):
     node_labels = labels[nodes]
     t_final = teacher_all[nodes]
     device = collect_kw["device"]
     with progress.stage(student.name, "loading"):
         model = student.load(device)
-    own = _collect(student, model, images, tuple(layer_map.values()), collect_kw, progress)
+    own = _collect(student, model, images, tuple(layer_map.values()), collect_kw, progress, store)
     del model
     # Keyed by the teacher's names from here on: a sensing point is compared by position.
     layers = tuple(layer_map)
@@ -433,17 +531,17 @@ def _student_rows(student, images, labels, layer_map, teacher_layers, teacher_al
             rows += _student_layer_rows(student, layer, acts, teacher_layers[layer], row, node_labels, t_final,
                                         device=device, k=k, num_classes=num_classes, linear_probe=linear_probe,
                                         extra=extra, spectral_extra=spectral_extra, subset=subset,
-                                        progress=progress, rows_so_far=rows)
+                                        progress=progress, rows_so_far=rows, plan=plan)
     return rows
 
 
 def _student_layer_rows(student, layer, acts, teacher_layer, row, node_labels, t_final, *, device, k, num_classes,
-                        linear_probe, extra, spectral_extra, subset, progress, rows_so_far):
+                        linear_probe, extra, spectral_extra, subset, progress, rows_so_far, plan: ScalePlan):
     t_graphs, t_basis, t_probe, t_variants = teacher_layer
     name = f"{student.name} {layer}"
     graphs = layer_graphs(acts.features[layer], node_labels, k=k, num_classes=num_classes,
                           device=device, name=name, subset=subset, progress=progress,
-                          network=student.name, layer=layer)
+                          network=student.name, layer=layer, plan=plan)
     rows = []
     with progress.stage(student.name, "smoothness", detail=layer):
         rows += _network_layer_rows(student, layer, graphs, node_labels, acts.node_predictions, extra)
@@ -461,7 +559,8 @@ def _student_layer_rows(student, layer, acts, teacher_layer, row, node_labels, t
         rows.append(row(layer, "cross_graph_variation", signal_variation(t_basis, graphs.knn, name=name).mean()))
     if linear_probe:
         with progress.stage(student.name, "probe", detail=layer):
-            probe = linear_probe_predictions(acts.features[layer], node_labels, name=name)
+            probe = linear_probe_predictions(plan.whole(acts.features[layer], what=f"{name}: the linear probe"),
+                                             node_labels, name=name)
             rows.append(row(layer, "probe_accuracy", (probe == node_labels).mean()))
             rows.append(row(layer, "probe_agreement_teacher_block", (probe == t_probe).mean()))
     name_default_graphs(rows, k=k)
@@ -469,7 +568,8 @@ def _student_layer_rows(student, layer, acts, teacher_layer, row, node_labels, t
         masks = {graph_name: tv.knn_mask for graph_name, tv in t_variants.items()}
         specs = [tv.spec for tv in t_variants.values()]
         with progress.stage(student.name, "variants", detail=layer):
-            for graph_name, graph in variant_graphs_of(acts.features[layer], node_labels, specs, masks=masks,
+            features = plan.whole(acts.features[layer], what=f"{name}: the graph variants")
+            for graph_name, graph in variant_graphs_of(features, node_labels, specs, masks=masks,
                                                        device=device, name=name).items():
                 measures = student_measures(graph, t_variants[graph_name], node_labels, name=name)
                 rows += _variant_rows(student, layer, graph_name, measures, rows_so_far + rows, extra)

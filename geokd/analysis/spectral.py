@@ -137,18 +137,22 @@ def aligned_distance(adjacency_a, adjacency_b, *, name: str | None = None) -> fl
     >>> aligned_distance(torch.zeros(2, 2), torch.eye(2))
     1.4142135623730951
     """
-    a = torch.as_tensor(adjacency_a)
-    b = torch.as_tensor(adjacency_b)
-    if a.shape != b.shape or a.ndim != 2:
+    from geokd.graphs.row_source import TensorRows, is_row_source
+
+    # Either graph may be a row source (a teacher's graph stored on disk): read in the same
+    # row chunks as an in-memory one, so the distance is the same to the last bit.
+    a = adjacency_a if is_row_source(adjacency_a) else TensorRows(torch.as_tensor(adjacency_a))
+    b = adjacency_b if is_row_source(adjacency_b) else TensorRows(torch.as_tensor(adjacency_b))
+    if tuple(a.shape) != tuple(b.shape) or len(a.shape) != 2:
         raise ValueError(f"{where(name)}expected two (N, N) graphs of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    b = b.to(a.device)
     # Row chunks: no full-size temporaries (400 MB each at 10,000 nodes). Float32 differences
     # and per-row (pairwise) sums, added in float64: a float64 copy of both graphs would be
     # 6x slower for a relative error of 1e-7 either way. Float64 graphs (the graph variants'
     # analysis) keep float64 differences.
-    dtype = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
+    dtype = torch.float64 if torch.float64 in (getattr(a, "x", a).dtype, getattr(b, "x", b).dtype) else torch.float32
     total = 0.0
     for start in range(0, a.shape[0], 1024):
-        diff = a[start:start + 1024].to(dtype) - b[start:start + 1024].to(dtype)
+        rows_a = a.read(start, start + 1024)
+        diff = rows_a.to(dtype) - b.read(start, start + 1024).to(device=rows_a.device, dtype=dtype)
         total += float(torch.linalg.vector_norm(diff, dim=1).double().square().sum())
     return math.sqrt(total)

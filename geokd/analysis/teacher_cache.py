@@ -92,7 +92,7 @@ class CacheEntry:
 
 
 def cache_entry(cache_dir, *, teacher, model, images, labels, nodes, mean, std, layers, k, num_eigenvectors,
-                linear_probe, extra, batch, subset, batch_size, device, heatmap_per_class) -> CacheEntry:
+                linear_probe, extra, batch, subset, batch_size, device, heatmap_per_class, plan) -> CacheEntry:
     """The cache folder of this teacher on this node set with these settings (see the module)."""
     from geokd.analysis import pipeline
 
@@ -111,6 +111,7 @@ def cache_entry(cache_dir, *, teacher, model, images, labels, nodes, mean, std, 
         "subset_sha256": None if subset is None else _array_digest(np.asarray(subset, dtype=np.int64)),
         "batch_size": int(batch_size), "device": str(torch.device(device)),
         "limits": [pipeline.DENSE_LIMIT, pipeline.EXACT_SPECTRUM_LIMIT, pipeline.SPECTRUM_PER_CLASS],
+        "scale": plan.key(),
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     return CacheEntry(folder=Path(cache_dir) / f"teacher-{key[:32]}", key=key, settings=settings)
@@ -128,13 +129,23 @@ def _arrays_of(work) -> tuple[dict[str, np.ndarray], dict]:
         arrays.update({f"l{i}_knn_data": knn.data, f"l{i}_knn_indices": knn.indices,
                        f"l{i}_knn_indptr": knn.indptr, f"l{i}_votes": graphs.votes,
                        f"l{i}_spectrum": graphs.spectrum, f"l{i}_basis": basis})
-        if graphs.adjacency is not None:
-            arrays[f"l{i}_adjacency"] = graphs.adjacency.cpu().numpy()
+        if graphs.adjacency is not None:   # in memory, or stored rows (geokd.analysis.activation_store)
+            adjacency = graphs.adjacency
+            arrays[f"l{i}_adjacency"] = adjacency if hasattr(adjacency, "to_array") else adjacency.cpu().numpy()
         if probe is not None:
             arrays[f"l{i}_probe"] = probe
         layout["layers"].append({"name": layer, "num_nodes": int(knn.shape[0]),
                                  "adjacency": graphs.adjacency is not None, "probe": probe is not None})
     return arrays, layout
+
+
+class _OneAtATime(dict):
+    """Arrays handed to ``write_arrays`` one at a time: stored rows (a teacher graph on disk) are
+    read into memory only while they are being saved, not all layers' at once."""
+
+    def items(self):
+        for key, value in super().items():
+            yield key, value.to_array() if hasattr(value, "to_array") else value
 
 
 def write_teacher_work(entry: CacheEntry, work) -> Path:
@@ -144,7 +155,7 @@ def write_teacher_work(entry: CacheEntry, work) -> Path:
     arrays, layout = _arrays_of(work)
     if entry.folder.exists() and _problem(entry) is not None:
         shutil.rmtree(entry.folder, ignore_errors=True)
-    write_arrays(entry.folder, "teacher cache", arrays,
+    write_arrays(entry.folder, "teacher cache", _OneAtATime(arrays),
                  info={"key": entry.key, "settings": entry.settings, "layout": layout, "rows": work.rows})
     return entry.folder
 
@@ -188,16 +199,16 @@ def read_teacher_work(entry: CacheEntry, *, warn=None):
         return None
     manifest = json.loads((entry.folder / MANIFEST).read_text())
 
-    def load(key):
-        return np.load(entry.folder / f"{key}.npy", allow_pickle=False)
+    def load(key, mmap_mode=None):
+        return np.load(entry.folder / f"{key}.npy", allow_pickle=False, mmap_mode=mmap_mode)
 
     layout = manifest["layout"]
     layers = {}
     for i, layer in enumerate(layout["layers"]):
         n = layer["num_nodes"]
         knn = sp.csr_matrix((load(f"l{i}_knn_data"), load(f"l{i}_knn_indices"), load(f"l{i}_knn_indptr")), shape=(n, n))
-        adjacency = (torch.from_numpy(load(f"l{i}_adjacency")).to(entry.settings["device"])
-                     if layer["adjacency"] else None)
+        # Mapped, not read: the pipeline moves it to memory or to its store one layer at a time.
+        adjacency = load(f"l{i}_adjacency", mmap_mode="r") if layer["adjacency"] else None
         graphs = LayerGraphs(knn=check_graph(knn, name=layer["name"]), votes=load(f"l{i}_votes"),
                              adjacency=adjacency, spectrum=load(f"l{i}_spectrum"))
         layers[layer["name"]] = (graphs, load(f"l{i}_basis"), load(f"l{i}_probe") if layer["probe"] else None, {})

@@ -162,14 +162,38 @@ def _rows_per_chunk(n: int, width: int, budget: int, chunk_size: int | None) -> 
     return max(1, min(n, budget // (8 * max(width, 1))))
 
 
+class _SourceOnDevice:
+    """A row source (:mod:`geokd.graphs.row_source`) whose reads land on ``device``."""
+
+    def __init__(self, source, device: torch.device):
+        self.source, self.device, self.shape = source, device, tuple(source.shape)
+        self.norms = None if source.norms is None else source.norms.to(device=device, dtype=torch.float32)
+        self.block_rows = source.block_rows
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        return self.source.read(start, stop).to(self.device)
+
+    def take(self, positions) -> torch.Tensor:
+        return self.source.take(positions).to(self.device)
+
+
+def _rows(x, part: slice) -> torch.Tensor:
+    """Rows ``part`` of a tensor or of a :class:`_SourceOnDevice`."""
+    if isinstance(x, torch.Tensor):
+        return x[part]
+    return x.read(part.start, min(part.stop, x.shape[0]))
+
+
 #: Row norms outside [2^-60, 2^60] make the block products over- or underflow float32.
 _SAFE_NORM = 2.0 ** 60
 
 
 def _row_norms(x: torch.Tensor, rows: int) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) and x.norms is not None:
+        return x.norms
     norms = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     for start in range(0, x.shape[0], rows):
-        norms[start:start + rows] = torch.linalg.vector_norm(x[start:start + rows], dim=1)
+        norms[start:start + rows] = torch.linalg.vector_norm(_rows(x, slice(start, start + rows)), dim=1)
     return norms
 
 
@@ -186,6 +210,13 @@ def _points_in_product_range(pts: torch.Tensor, rows: int, *, per_row: bool) -> 
 
     with torch.no_grad():
         norms = _row_norms(pts, rows)
+        if not isinstance(pts, torch.Tensor):
+            # A row source (checked finite as it was written) cannot be rescaled in place.
+            nonzero = norms[norms > 0]
+            if nonzero.numel() and not bool((nonzero <= _SAFE_NORM).all() & (nonzero >= 1 / _SAFE_NORM).all()):
+                raise ValueError(f"expected row norms within [2^-60, 2^60] for stored rows, got "
+                                 f"{float(nonzero.min()):.3g}..{float(nonzero.max()):.3g}: rescale the features")
+            return pts, norms
         finite = torch.isfinite(norms)
         if not bool(finite.all()):
             # An infinite norm is a NaN/Inf entry, or finite entries whose squares overflow.
@@ -223,6 +254,9 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None 
     into ``out`` through a temporary (docs of ``numpy.take``), ~4x slower; ``index_select``
     is slower still.
     """
+    if not isinstance(x, torch.Tensor):  # a row source: one pass over the blocks holding the rows
+        rows = x.take(index.cpu().numpy())
+        return rows if out is None else out.copy_(rows)
     if out is None:
         out = torch.empty((index.numel(),) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
     if x.device.type == "cpu":
@@ -253,9 +287,10 @@ def _symmetric_topk(x: torch.Tensor, k: int, block: int, *, scale=None, offset=N
     with torch.no_grad(), _progress(len(starts) * (len(starts) + 1) // 2, progress, desc) as bar:
         for bi, i0 in enumerate(starts):
             rows_i = slice(i0, min(i0 + block, n))
+            block_i = _rows(x, rows_i)  # read once per row block (a row source reads it from disk)
             for j0 in starts[bi:]:
                 rows_j = slice(j0, min(j0 + block, n))
-                scores = _matmul_nt(x[rows_i], x[rows_j])
+                scores = _matmul_nt(block_i, block_i if j0 == i0 else _rows(x, rows_j))
                 if scale is not None:
                     scores.mul_(scale[rows_i, None]).mul_(scale[None, rows_j])
                 if offset is not None:
@@ -354,11 +389,15 @@ def _sample_basis(x: torch.Tensor, inv_norm: torch.Tensor, dim: int, sample: int
     """
     n, d = x.shape
     m = min(n, sample)
+    if not isinstance(x, torch.Tensor):
+        # Rows on disk: the sample is read once and held (each chunk would be a pass over the
+        # store), so it is as large as the budget holds.
+        m = min(m, max(2 * dim, budget // (4 * d)))
     picked = torch.randperm(n, generator=gen)[:m].sort().values.to(x.device)
     mix = max(1, min(8, d // dim))
     features = torch.randperm(d, generator=gen)[:dim * mix].to(x.device)
     signs = (torch.randint(0, 2, (dim * mix,), generator=gen) * 2 - 1).float().to(x.device)
-    rows = max(1, min(m, budget // (4 * d)))
+    rows = max(1, min(m, budget // (4 * d))) if isinstance(x, torch.Tensor) else m
     scale = inv_norm[picked, None]
     chunks = [slice(start, start + rows) for start in range(0, m, rows)]
     held = _gather_rows(x, picked).to(dtype) if len(chunks) == 1 else None
@@ -403,7 +442,7 @@ def _project(x: torch.Tensor, inv_norm: torch.Tensor, basis: torch.Tensor, rows:
     for start in range(0, n, rows):
         part = slice(start, start + rows)
         z = out[part, :-1]
-        z.copy_(_matmul(x[part].to(dtype), product)).mul_(inv_norm[part, None])
+        z.copy_(_matmul(_rows(x, part).to(dtype), product)).mul_(inv_norm[part, None])
         unit = (inv_norm[part] > 0).float()  # |u|^2: 1, or 0 for an all-zero row
         out[part, -1] = (unit - (z * z).sum(dim=1)).clamp_min(0).sqrt().mul_(math.sqrt(RESIDUAL_CREDIT))
     return out
@@ -564,7 +603,7 @@ def _rerank_groups(x: torch.Tensor, inv_norm: torch.Tensor, candidates: torch.Te
     values = torch.empty(n, k, dtype=torch.float32, device=x.device)
     indices = torch.empty(n, k, dtype=torch.int64, device=x.device)
     width = max(1, budget // (4 * d))
-    starts = iter(range(0, n, group))  # shared by the workers; next() is atomic under the GIL
+    starts = iter(range(0, order.numel(), group))  # shared by the workers; next() is atomic under the GIL
     lock = threading.Lock()
 
     def work(bar) -> None:
@@ -577,13 +616,65 @@ def _rerank_groups(x: torch.Tensor, inv_norm: torch.Tensor, candidates: torch.Te
                 with lock:
                     bar.update(members.numel())
 
-    with _progress(n, progress, "k-NN re-ranking") as bar:
+    with _progress(order.numel(), progress, "k-NN re-ranking") as bar:
         if workers <= 1 or x.device.type != "cpu":
             work(bar)
         else:
             with concurrent.futures.ThreadPoolExecutor(workers) as pool:
                 for done in [pool.submit(work, bar) for _ in range(workers)]:
                     done.result()  # re-raises a worker's exception
+    return values, indices
+
+
+def _rerank_from_source(source, inv_norm: torch.Tensor, candidates: torch.Tensor, order: torch.Tensor, k: int,
+                        group: int, budget: int, *, workers: int = 1, progress=None):
+    """:func:`_rerank_groups` for rows that are not in memory (a row source), in passes.
+
+    Each pass takes the next groups of ``order`` while their rows and all their candidates
+    (a working set, compact because the groups are: close rows share candidates) fit in
+    ``budget``, reads that working set in one sweep of the source, and re-ranks those
+    groups within it exactly as :func:`_rerank_groups` does in memory.
+    """
+    n, d = source.shape
+    c = candidates.shape[1]
+    capacity = max(1, (budget * 3 // 4) // (4 * d))   # rows held; the rest for the re-ranking's buffers
+    values = torch.empty(n, k, dtype=torch.float32, device=source.device)
+    indices = torch.empty(n, k, dtype=torch.int64, device=source.device)
+    cand_np, order_np = candidates.cpu().numpy(), order.cpu().numpy()
+    needed = np.zeros(n, dtype=bool)
+    with _progress(n, progress, "k-NN re-ranking") as bar:
+        start = 0
+        while start < n:
+            needed[:] = False
+            count, stop = 0, start
+            while stop < n:
+                members = order_np[stop:stop + group]
+                fresh = np.unique(np.concatenate([members, cand_np[members].reshape(-1)]))
+                fresh = fresh[~needed[fresh]]
+                if count + fresh.size > capacity and stop > start:
+                    break
+                needed[fresh] = True
+                count, stop = count + fresh.size, stop + members.size
+            if count > capacity:
+                raise ValueError(f"expected memory_budget to hold one re-ranking group: {group} rows and their "
+                                 f"candidates are {count} rows of {d} float32 features ({count * 4 * d} bytes), "
+                                 f"memory_budget {budget} bytes holds {capacity}: give it more memory, or use the "
+                                 "exact mode (approximate=False), whose blocks fit any budget")
+            local = np.flatnonzero(needed)
+            rows = source.take(local)
+            members = np.searchsorted(local, order_np[start:stop])
+            local_candidates = np.zeros((local.size, c), dtype=np.int64)
+            local_candidates[members] = np.searchsorted(local, cand_np[order_np[start:stop]])
+            members_t = torch.from_numpy(members).to(source.device)
+            v, i = _rerank_groups(rows, inv_norm[torch.from_numpy(local).to(source.device)],
+                                  torch.from_numpy(local_candidates).to(source.device), members_t, k, group,
+                                  max(1, budget // (4 * max(1, workers))), workers=workers, progress=False)
+            chosen = order[start:stop]
+            values[chosen] = v[members_t]
+            indices[chosen] = torch.from_numpy(local).to(source.device)[i[members_t]]
+            bar.update(stop - start)
+            del rows
+            start = stop
     return values, indices
 
 
@@ -685,11 +776,18 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
                         ("sample_size", 1 if sample_size is None else sample_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"expected {name} to be a positive int, got {value!r}")
+    from geokd.graphs.row_source import is_row_source
+
     if device is None:
         device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
     dtype = search_dtype(search_precision, device)  # checked before any work, in either mode
-    pts = _as_float32_rows(x, device)
+    if is_row_source(x):
+        if len(x.shape) != 2 or x.shape[0] < 2 or x.shape[1] < 1:
+            raise ValueError(f"expected a row source of at least 2 rows and 1 feature, got shape {tuple(x.shape)}")
+        pts = _SourceOnDevice(x, device)
+    else:
+        pts = _as_float32_rows(x, device)
     n, d = pts.shape
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
         raise ValueError(f"expected an int k with 1 <= k < N={n} (a point has {n - 1} possible neighbours), got {k!r}")
@@ -734,6 +832,7 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
     workers = torch.get_num_threads()
     with _small_torch_ops(device):
         order = _tree_order(projected, RERANK_GROUP, gen)
-        values, indices = _rerank_groups(pts, inv_norm, cand, order, k, RERANK_GROUP, memory_budget,
-                                         workers=workers, progress=progress)
+        rerank = _rerank_groups if isinstance(pts, torch.Tensor) else _rerank_from_source
+        values, indices = rerank(pts, inv_norm, cand, order, k, RERANK_GROUP, memory_budget,
+                                 workers=workers, progress=progress)
     return _symmetric_union(values.cpu().numpy(), indices.cpu().numpy(), n)

@@ -48,6 +48,10 @@ def cosine_similarity_matrix(x, *, device=None, block: int = DEFAULT_BLOCK) -> t
         device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ValueError(f"expected block to be a positive int, got {block!r}")
+    from geokd.graphs.row_source import is_row_source
+
+    if is_row_source(x):
+        return _similarity_from_source(x, device=torch.device(device), block=block)
     pts = _as_float32_rows(x, torch.device(device))
     n = pts.shape[0]
     with torch.no_grad():
@@ -62,6 +66,31 @@ def cosine_similarity_matrix(x, *, device=None, block: int = DEFAULT_BLOCK) -> t
             rows = slice(i0, min(i0 + block, n))
             # The panel right of the diagonal, written in place (no temporary of its size).
             _matmul_nt(z[rows], z[i0:], out=sims[rows, i0:])
+        _mirror_upper_triangle_(sims)
+        sims.fill_diagonal_(0.0)
+    return sims
+
+
+def _similarity_from_source(source, *, device: torch.device, block: int) -> torch.Tensor:
+    """:func:`cosine_similarity_matrix` of rows read a block at a time (two blocks held)."""
+    from geokd.graphs.dataset_knn import _SourceOnDevice, _row_norms
+
+    rows_of = _SourceOnDevice(source, device)
+    n = rows_of.shape[0]
+    with torch.no_grad():
+        norms = _row_norms(rows_of, block)
+        zero = torch.nonzero(norms == 0).reshape(-1)
+        if zero.numel():
+            raise ValueError(f"expected nonzero rows for the cosine similarity, got {zero.numel()} all-zero rows "
+                             f"(first at index {int(zero[0])})")
+        sims = torch.empty((n, n), dtype=torch.float32, device=device)
+        for i0 in range(0, n, block):
+            i1 = min(i0 + block, n)
+            z_i = rows_of.read(i0, i1) / norms[i0:i1, None]
+            for j0 in range(i0, n, block):
+                j1 = min(j0 + block, n)
+                z_j = z_i if j0 == i0 else rows_of.read(j0, j1) / norms[j0:j1, None]
+                _matmul_nt(z_i, z_j, out=sims[i0:i1, j0:j1])
         _mirror_upper_triangle_(sims)
         sims.fill_diagonal_(0.0)
     return sims
