@@ -3,8 +3,8 @@
 ``geokd analyze --split train`` of the released WRN-28-1 teacher and two GKD students on the
 first N CIFAR-10 training images per class-balanced node set (``--per-class N/10``, ``0`` for
 the whole split), each run in its own process under the default memory budget (4 GB), its
-wall time and peak resident memory (``ru_maxrss``, what ``/usr/bin/time -v`` reports) taken
-by that process itself. From the three sizes, the exponents ``a`` of ``time ~ N^a`` and
+wall time and peak resident memory (``VmHWM``, what ``/usr/bin/time -v`` reports as its maximum
+resident set) taken by that process itself. From the three sizes, the exponents ``a`` of ``time ~ N^a`` and
 ``memory ~ N^a`` (least squares in log-log).
 
 Baseline, measured in the same run: today's in-memory analysis before the store (features
@@ -37,7 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER = "WideResNet28-1_0.pth"
 STUDENTS = [f"GKD_28-1_teaches_28-0.5_0.0_0.0_25.0_1_128_False_False_False_{seed}.pth" for seed in (0, 1)]
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-_PEAK = "import resource; print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+# The process's own high-water mark (VmHWM): ru_maxrss would carry a forking parent's peak across exec.
+_PEAK = "import re; print('PEAK', int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) * 1024)"
 
 
 def released_dir() -> str:
@@ -60,7 +61,7 @@ def streamed_run(n: int, out: str) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"geokd analyze failed on {n} nodes:\n{done.stderr[-3000:]}")
     networks = [_seconds(text) for text in re.findall(r"\] \S+ done in ([^;\n]+)", done.stderr)]
-    summary = [line for line in done.stderr.splitlines() if line.startswith("time per stage")]
+    summary = [line for line in done.stdout.splitlines() if line.startswith("time per stage")]
     return {"n": n, "seconds": seconds, "peak_bytes": int(done.stdout.split("PEAK")[-1].split()[0]),
             "network_seconds": networks, "stages": summary[-1] if summary else "",
             "analysis_seconds": json.load(open(os.path.join(out, "analysis.json")))["seconds"]}

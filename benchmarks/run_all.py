@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str] | None]] = {
     "bench_analysis": ([], None),
     "bench_whole_analysis": ([], ["--students", "1", "--per-class", "100"]),
     "bench_graph_variants": ([], ["--quick"]),
+    "bench_analysis_scale": ([], ["--sizes", "2000", "4000"]),
 }
 
 
@@ -131,6 +132,19 @@ def summarize(quick: bool) -> list[dict]:
                          f"{worst['network_seconds']:.3f} s", f"first variant {variants['first_seconds']:.3f} s "
                          "(Gram + graph)", f"{worst['ratio_vs_first']:.2f}x", "<= 0.25x",
                          worst["ratio_vs_first"] <= 0.25))
+    scale = _load("bench_analysis_scale", quick)
+    if scale:
+        largest = scale["runs"][-1]
+        rows.append(_row(f"T7 whole-split analysis, {largest['n']} nodes, teacher + 2 students",
+                         f"{largest['seconds']:.0f} s, {largest['peak_bytes'] / 2 ** 30:.2f} GB",
+                         f"in-memory exact at {scale['runs'][0]['n']}: "
+                         f"{scale['baseline_in_memory_exact']['peak_bytes'] / 2 ** 30:.2f} GB",
+                         f"memory ~ N^{scale.get('memory_exponent', float('nan')):.2f}", "< 4 GB peak",
+                         largest["peak_bytes"] < 4 * 2 ** 30))
+        worst = max(r["network_seconds"][2] / (r["network_seconds"][0] + r["network_seconds"][1])
+                    for r in scale["runs"])
+        rows.append(_row("T7 an additional student vs the first network", f"{worst:.2f}x", "teacher + 1st student",
+                         f"{worst:.2f}", "<= 0.60", worst <= 0.60))
     return rows
 
 

@@ -3,8 +3,10 @@
 One forward pass over the evaluation images gives every network's final decisions (for
 the output agreement, on the whole set) and, for the inputs of the node set only, the
 flattened features of each sensing point (for the graphs). Features are kept as float32
-``(N_nodes, D)`` arrays: 1,000 nodes of the teacher's ``layer1`` (16·32·32 values) take
-65 MB, while the whole test set's would take 650 MB, hence the split.
+``(N_nodes, D)`` arrays (1,000 nodes of the teacher's ``layer1``, 16·32·32 values, take
+65 MB), or, given a ``store``, written batch by batch to an on-disk activation store
+(:mod:`geokd.analysis.activation_store`) and read back in blocks: a whole split's features
+(3.3 GB for that layer on CIFAR-10's training set) never sit in memory.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ class Activations:
     ----------
     layers : tuple of str
         Sensing-point names, in order.
-    features : dict[str, numpy.ndarray]
-        Per layer, ``(N_nodes, D)`` float32 features of the node set (rows in node order).
+    features : dict[str, numpy.ndarray or StoredRows]
+        Per layer, ``(N_nodes, D)`` float32 features of the node set (rows in node order), or
+        the same rows in an activation store
+        (:class:`geokd.analysis.activation_store.StoredRows`).
     node_indices : numpy.ndarray
         Positions of the node set in the evaluation set.
     predictions : numpy.ndarray

@@ -10,11 +10,16 @@ beside the default graphs' float32 one, which keeps the default analysis' values
 are), and every variant's metrics are added as rows named by the variant's ``graph``
 (:mod:`geokd.analysis.variant_graphs`, :mod:`geokd.analysis.variant_metrics`).
 
-Scale: each layer's k-NN graph and dense GKD graph ``Â`` come from one Gram product (up to
-``DENSE_LIMIT`` nodes); above ``EXACT_SPECTRUM_LIMIT`` nodes the spectra are taken on a fixed
-class-balanced subset (see :func:`spectral_subset`), every other metric on all nodes. The
-whole CIFAR-10 test set as nodes, 21 networks: ~9 minutes on 2 cores
-(``benchmarks/bench_whole_analysis.py``).
+Scale (:mod:`geokd.analysis.scale`, decided once per analysis): each layer's k-NN graph and
+dense GKD graph ``Â`` come from one Gram product while the dense graphs fit (up to
+``DENSE_LIMIT`` nodes, and within the memory budget), the k-NN graphs alone otherwise
+(approximate above 20,000 nodes); above ``EXACT_SPECTRUM_LIMIT`` nodes the spectra are taken
+on a fixed class-balanced subset (see :func:`spectral_subset`), every other metric on all
+nodes. With ``store_dir`` every network's features go to an on-disk store
+(:mod:`geokd.analysis.activation_store`) and every graph is built from blocks of it; the
+teacher's dense graphs wait there too, read back in row blocks by the aligned distance, so
+memory holds neither. The whole CIFAR-10 training split (50,000 nodes), teacher and one
+student: 3 minutes and 2.7 GB on 2 cores (``benchmarks/bench_analysis_scale.py``).
 
 Progress and the teacher cache: every piece of work runs inside a stage of a
 :class:`geokd.analysis.progress.ProgressReporter` (``features``, ``k-NN graphs``, ``spectra``,
@@ -328,16 +333,18 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                 teacher_timer.typical = False   # its time says nothing of a student's
                 progress.message(f"{teacher.name}: cached (features, k-NN graphs, spectra and rows read from "
                                  f"{entry.folder})")
-        graph_store = None if plan.store_dir is None else plan.store_for(".teacher-graphs")
+        graph_store = plan.store_for(".teacher-graphs") if plan.teacher_graphs_on_disk else None
         if work is None:
             work = _teacher_work(teacher, teacher_model, images, labels, node_labels, collect_kw=collect_kw,
                                  num_classes=num_classes, variants=variants, progress=progress,
                                  keep_heatmaps=keep_heatmaps, graph_store=graph_store, **settings)
             if entry is not None:
-                from geokd.analysis.teacher_cache import write_teacher_work
+                from geokd.analysis.teacher_cache import prune_cache, write_teacher_work
 
                 with progress.stage(teacher.name, "teacher cache"):
                     write_teacher_work(entry, work)
+                    for folder in prune_cache(cache_dir, keep=[entry.folder]):
+                        progress.message(f"teacher cache: removed the least recently used entry {folder}")
         else:
             heatmaps.update(work.heatmaps)
             for layer, (graphs, *rest) in work.layers.items():   # the cached graphs, mapped from the cache

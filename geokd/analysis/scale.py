@@ -5,9 +5,10 @@ budget, so the teacher and every student are measured on the same kinds of graph
 the teacher cache keys on the decision, :meth:`ScalePlan.key`):
 
 - **dense GKD graphs** ``Â`` (for the aligned distance): ``N²`` float32 per layer, the
-  teacher's kept for every layer. Built up to ``DENSE_LIMIT`` nodes when memory is not
-  bounded; under a budget, when the teacher's graphs and one student's fit in half of it.
-  Otherwise the aligned distance is left out and the analysis says why.
+  teacher's kept for every layer (in memory, or with a store on disk, read back in row
+  blocks). Built up to ``DENSE_LIMIT`` nodes, and under a budget only when the graphs memory
+  must hold at once (every layer's and one more in memory; two with a store) fit in 3/4 of
+  what the budget leaves. Otherwise the aligned distance is left out and the analysis says why.
 - **k-NN graphs**: exact up to ``APPROXIMATE_FROM`` nodes, above it approximate
   (:func:`geokd.graphs.knn_graph`, ``APPROXIMATE_CANDIDATES`` candidates per node: on the
   WRN-28-1 teacher's ``layer1`` over CIFAR-10's 50,000 training images, 99.8 % of the
@@ -53,6 +54,7 @@ class ScalePlan:
     store_dir: Path | None = None
     store_dtype: str = "float32"
     dense_note: str = ""          # why the dense graphs are left out, when they are
+    teacher_graphs_on_disk: bool = False   # the teacher's dense graphs wait in the store, not in memory
 
     def key(self) -> dict:
         """What of the plan changes the numbers (for the teacher cache's key)."""
@@ -128,15 +130,19 @@ def plan_scale(*, num_nodes: int, num_layers: int, memory_budget: int | None, st
     budget = None if memory_budget is None else MemoryBudget(total=int(memory_budget))
     if budget is not None:
         budget.require(0, what="the analysis")   # already over it (Python, torch, the images)?
-    # With a store, the teacher's graphs wait on disk (read back in row blocks): memory holds
-    # one layer's similarity and its copy. In memory, the teacher's graphs of every layer stay.
-    graphs = 2 if store_dir is not None else num_layers + 1
+    # The teacher's graphs of every layer stay in memory while they fit beside one more (a
+    # student's); with a store, and when they do not fit, they wait on disk (read back in row
+    # blocks), and memory holds one layer's similarity and its copy.
+    room = None if budget is None else 0.75 * budget.available()
+    graphs = num_layers + 1
+    on_disk = store_dir is not None and room is not None and graphs * num_nodes ** 2 * 4 > room
+    graphs = 2 if on_disk else graphs
     dense_bytes = graphs * num_nodes ** 2 * 4
     note = ""
     if num_nodes > DENSE_LIMIT:
         dense = False
         note = f"above {DENSE_LIMIT} nodes"
-    elif budget is not None and dense_bytes > 0.75 * budget.available():
+    elif room is not None and dense_bytes > room:
         dense = False
         note = (f"{graphs} dense {num_nodes}-node GKD graphs ({format_bytes(dense_bytes)}) exceed 3/4 of what the "
                 f"memory budget {format_bytes(budget.total)} leaves ({format_bytes(budget.available())})")
@@ -145,4 +151,4 @@ def plan_scale(*, num_nodes: int, num_layers: int, memory_budget: int | None, st
     approximate = knn == "approximate" or (knn == "auto" and num_nodes > APPROXIMATE_FROM)
     return ScalePlan(num_nodes=num_nodes, dense=dense, approximate=approximate, budget=budget,
                      store_dir=None if store_dir is None else Path(store_dir), store_dtype=store_dtype,
-                     dense_note=note)
+                     dense_note=note, teacher_graphs_on_disk=dense and on_disk)

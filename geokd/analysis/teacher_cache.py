@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,6 @@ ANALYSIS_CACHE_ENV = "GEOKD_ANALYSIS_CACHE"
 
 def default_cache_dir() -> Path:
     """``$GEOKD_ANALYSIS_CACHE``, else ``<cache>/analysis`` (``<cache>``: ``$GEOKD_CACHE`` or ``~/.cache/geokd``)."""
-    import os
-
     from geokd.data.cache import cache_root
 
     env = os.environ.get(ANALYSIS_CACHE_ENV, "").strip()
@@ -213,5 +212,50 @@ def read_teacher_work(entry: CacheEntry, *, warn=None):
                              adjacency=adjacency, spectrum=load(f"l{i}_spectrum"))
         layers[layer["name"]] = (graphs, load(f"l{i}_basis"), load(f"l{i}_probe") if layer["probe"] else None, {})
     heatmaps = {name: load(f"heatmap{i}") for i, name in enumerate(layout["heatmaps"])}
+    os.utime(entry.folder / MANIFEST)   # used now: the last entry prune_cache would remove
     return TeacherWork(rows=manifest["rows"], layers=layers, predictions=load("predictions"), heatmaps=heatmaps,
                        cached=True)
+
+
+#: Default size of the teacher cache (``$GEOKD_ANALYSIS_CACHE_MAX``, e.g. ``50GB``, overrides it).
+CACHE_MAX_BYTES = 20 * 2 ** 30
+CACHE_MAX_ENV = "GEOKD_ANALYSIS_CACHE_MAX"
+
+
+def prune_cache(cache_dir, *, max_bytes: int | None = None, keep=()) -> list[Path]:
+    """Remove the least recently used teacher entries of ``cache_dir`` until it holds at most
+    ``max_bytes`` (default ``$GEOKD_ANALYSIS_CACHE_MAX``, else 20 GB); entries in ``keep``
+    stay. One entry is 1.2 GB at 10,000 nodes, so without this the cache only grows.
+
+    Returns the folders removed, oldest first.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> prune_cache(tempfile.mkdtemp(), max_bytes=0)
+    []
+    """
+    from geokd.analysis.memory_budget import parse_bytes
+
+    if max_bytes is None:
+        env = os.environ.get(CACHE_MAX_ENV, "").strip()
+        max_bytes = parse_bytes(env) if env else CACHE_MAX_BYTES
+    entries = []
+    for folder in Path(cache_dir).glob("teacher-*"):
+        manifest = folder / MANIFEST
+        if folder.is_dir() and manifest.is_file():
+            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            entries.append((manifest.stat().st_mtime, folder, size))
+    entries.sort()
+    total = sum(size for _, _, size in entries)
+    kept = {Path(k).resolve() for k in keep}
+    removed = []
+    for _, folder, size in entries:
+        if total <= max_bytes:
+            break
+        if folder.resolve() in kept:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        total -= size
+        removed.append(folder)
+    return removed

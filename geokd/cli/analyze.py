@@ -77,7 +77,7 @@ def register(subparsers) -> None:
                              "$GEOKD_CACHE/analysis, else ~/.cache/geokd/analysis)")
     parser.add_argument("--no-teacher-cache", action="store_true",
                         help="compute the teacher's work again and do not store it")
-    parser.add_argument("--memory-budget", default="4GB",
+    parser.add_argument("--memory-budget", default="4GB", type=_size,
                         help="peak resident memory the analysis may use, e.g. 4GB (default), 500MB: features are "
                              "written to an on-disk store in --out and every metric is computed from blocks of it")
     parser.add_argument("--store-dtype", choices=("float32", "float16"), default="float32",
@@ -95,6 +95,16 @@ def register(subparsers) -> None:
     parser.add_argument("--nproc-per-node", type=int, metavar="G",
                         help="with --launcher torchrun: the number of processes (e.g. one per GPU)")
     parser.set_defaults(handler=_command, analyze_parser=parser)
+
+
+def _size(text) -> int:
+    """``--memory-budget``'s value in bytes; a bad size is a usage error that says what is expected."""
+    from geokd.analysis.memory_budget import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _command(args) -> int:
@@ -256,9 +266,7 @@ def _analyze(args, study, student_paths, *, ranks=None) -> int:
     # The features' scratch store (each network's removed once it is measured), one per rank.
     store_root = os.path.join(args.out, "activations")
     store_dir = store_root if ranks is None else os.path.join(store_root, f"rank{ranks.rank}")
-    from geokd.analysis.memory_budget import parse_bytes
-
-    memory_budget = parse_bytes(args.memory_budget)
+    memory_budget = args.memory_budget
     options = dict(node_indices=nodes, mean=mean, std=std, layers=study.layers, student_layers=study.student_layers,
                    k=study.k, num_eigenvectors=study.num_eigenvectors, linear_probe=study.linear_probe,
                    device=args.device if ranks is None else ranks.device, batch_size=args.batch_size,
