@@ -237,3 +237,125 @@ def test_the_teacher_cache_removes_its_least_recently_used_entries(tmp_path):
     assert [p.name for p in removed] == ["teacher-mid"]   # the oldest is kept when asked, the next goes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher-new", "teacher-old", "unrelated"]
     assert prune_cache(tmp_path, max_bytes=10_000) == []
+
+
+SHARDED_KNN = '''
+import sys
+import numpy as np, scipy.sparse as sp, torch, torch.distributed as dist
+from geokd.graphs import knn_graph
+from geokd.graphs.dataset_knn import KnnShard
+sys.path.insert(0, sys.argv[1])
+from test_analysis_scale import activations_like, stored
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+
+def all_gather(tensor):
+    out = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(out, tensor)
+    return out
+
+shard = KnnShard(rank=rank, world_size=world, all_gather=all_gather)
+x, _ = activations_like()
+import geokd.graphs.dataset_knn as dataset_knn
+products = []
+matmul_nt = dataset_knn._matmul_nt
+dataset_knn._matmul_nt = lambda a, b, out=None: products.append(1) or matmul_nt(a, b, out=out)
+knn_graph(x, k=10, chunk_size=256, shard=shard)
+dataset_knn._matmul_nt = matmul_nt
+open(f"{sys.argv[2]}/products-rank{rank}", "w").write(str(len(products)))
+rows = stored(x, f"{sys.argv[2]}/store{rank}")
+graphs = {"exact": knn_graph(x, k=10, chunk_size=256, shard=shard),
+          "approximate": knn_graph(x, k=10, approximate=True, projection_dim=64, shard=shard),
+          # Budgets differ between ranks (each sizes its blocks from what it has left): they
+          # must agree on the smaller, or they would deal different blocks.
+          "stored": knn_graph(rows, k=10, approximate=True, projection_dim=64,
+                              memory_budget=x.nbytes * (2 + rank) // 3, shard=shard)}
+for name, graph in graphs.items():
+    sp.save_npz(f"{sys.argv[2]}/{name}-rank{rank}.npz", graph)
+'''
+
+
+@pytest.mark.slow
+def test_one_graph_split_over_two_processes_is_the_graph_of_one(tmp_path):
+    """The k-NN row blocks, candidate chunks and re-ranking groups of one network dealt over
+    two gloo processes (torchrun): every rank ends with the single-process graph."""
+    script = tmp_path / "sharded_knn.py"
+    script.write_text(SHARDED_KNN)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), os.path.dirname(__file__), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    x, _ = activations_like()
+    alone = {"exact": knn_graph(x, k=10, chunk_size=256),
+             "approximate": knn_graph(x, k=10, approximate=True, projection_dim=64),
+             "stored": knn_graph(stored(x, tmp_path / "alone"), k=10, approximate=True, projection_dim=64,
+                                 memory_budget=x.nbytes * 2 // 3)}
+    # The exact scan of 3,000 rows in 256-row blocks: 12 * 13 / 2 = 78 block products, dealt 39 + 39.
+    products = [int((tmp_path / f"products-rank{rank}").read_text()) for rank in (0, 1)]
+    assert products == [39, 39]
+    for name, graph in alone.items():
+        for rank in (0, 1):
+            shared = sp.load_npz(tmp_path / f"{name}-rank{rank}.npz")
+            assert shared.nnz == graph.nnz, (name, rank)
+            assert abs(shared - graph).max() < 1e-6, (name, rank)
+
+
+SHARED_TEACHER = '''
+import json, sys
+import numpy as np
+import geokd.analysis.distributed_analysis as distributed_analysis
+import geokd.analysis.scale as scale
+from geokd.analysis.distributed_analysis import analyze_across_ranks, joined_ranks
+from geokd.analysis.pipeline import Network
+from geokd.analysis.progress import ProgressReporter
+sys.path.insert(0, sys.argv[1])
+from test_analysis_scale import shared_teacher_inputs
+# Below the limit the graphs come from the dense similarity; lowered, these 1,000 nodes take
+# the path of a whole training split (k-NN graphs alone, the teacher's shared by the ranks).
+scale.DENSE_LIMIT = distributed_analysis.DENSE_LIMIT = 500
+teacher, students, images, labels, options = shared_teacher_inputs(sys.argv[2])
+with joined_ranks(device="cpu") as ranks:
+    lines = []
+    result = analyze_across_ranks(teacher, students, images, labels, ranks=ranks, cache_dir=sys.argv[3],
+                                  progress=ProgressReporter(write=lines.append), **options)
+    if ranks.is_main:
+        json.dump({"rows": result.result.rows, "lines": lines}, open(sys.argv[4], "w"))
+'''
+
+
+def shared_teacher_inputs(graph_kd_dir):
+    from geokd.analysis.nodes import balanced_node_set
+    from geokd.data import load_dataset
+
+    data = load_dataset("cifar10", split="test")
+    labels = data.labels.numpy()
+    nodes = balanced_node_set(labels, per_class=100, seed=0)
+    teacher = Network("teacher", "teacher", None, os.path.join(graph_kd_dir, "WideResNet28-1_0.pth"))
+    students = [Network("gkd-0", "gkd", 0, os.path.join(graph_kd_dir, GKD_0))]
+    options = dict(node_indices=np.arange(nodes.size), mean=MEAN, std=STD, k=10, heatmap_per_class=2)
+    return teacher, students, data.images[nodes], labels[nodes], options
+
+
+@pytest.mark.slow
+def test_a_teacher_above_the_dense_limit_is_shared_by_the_ranks(graph_kd_dir, tmp_path, monkeypatch):
+    """torchrun, 2 gloo ranks: both build the teacher's k-NN graphs together (each a share of
+    the blocks), and rank 0's rows are those of one process."""
+    import geokd.analysis.scale as scale
+
+    script = tmp_path / "shared_teacher.py"
+    script.write_text(SHARED_TEACHER)
+    out = tmp_path / "rows.json"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), os.path.dirname(__file__), graph_kd_dir, str(tmp_path / "cache"), str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    shared = json.loads(out.read_text())
+    assert any("computed by all 2 ranks" in line for line in shared["lines"])
+    monkeypatch.setattr(scale, "DENSE_LIMIT", 500)
+    teacher, students, images, labels, options = shared_teacher_inputs(graph_kd_dir)
+    alone = analyze_networks(teacher, students, images, labels, **options).rows
+    key = lambda r: (r["network"], r["layer"], r["metric"])   # noqa: E731
+    assert not any(r["metric"] == "aligned_distance" for r in alone)   # the path above the limit
+    # To 1e-6: the ranks run on one thread each, whose eigensolvers round the spectra differently.
+    assert {key(r): r["value"] for r in shared["rows"]} == pytest.approx({key(r): r["value"] for r in alone},
+                                                                           rel=1e-6)

@@ -8,7 +8,9 @@ position in the student list (:func:`assigned_students`):
 1. with a teacher cache (``cache_dir``, no graph variants), rank 0 first runs the teacher
    alone (:func:`geokd.analysis.pipeline.analyze_networks` with no student), which writes
    the teacher's work to the cache, while the other ranks wait; without one, every rank
-   computes the teacher itself;
+   computes the teacher itself. Above ``DENSE_LIMIT`` nodes (a whole training split), on
+   one machine, every rank runs the teacher with rank 0, each building a share of its k-NN
+   graphs' blocks, chunks and groups (:class:`geokd.graphs.dataset_knn.KnnShard`);
 2. every rank analyses its students against the teacher (read from the cache);
 3. every rank sends rank 0 either its results (rows, heat maps, stage times) or the error
    that stopped it (:class:`RankOutcome`); rank 0 puts the rows back in the order one
@@ -48,6 +50,7 @@ from datetime import timedelta
 import numpy as np
 
 from geokd.analysis.pipeline import AnalysisResult, Network, analyze_networks
+from geokd.analysis.scale import DENSE_LIMIT
 from geokd.analysis.progress import ProgressReporter
 
 __all__ = ["WAIT_TIMEOUT", "GatheredAnalysis", "RankFailedError", "RankGroup", "RankOutcome",
@@ -137,6 +140,24 @@ class RankGroup:
         out = [None] * self.world_size if self.is_main else None
         dist.gather_object(obj, out, dst=0, group=self.group)
         return out
+
+    def knn_shard(self):
+        """This rank's :class:`geokd.graphs.dataset_knn.KnnShard` of one k-NN graph, gathered over
+        the group (CPU tensors: the group is gloo; the shares come back on their device)."""
+        from geokd.graphs.dataset_knn import KnnShard
+
+        def all_gather(tensor):
+            if self.world_size == 1:
+                return [tensor]
+            import torch
+            import torch.distributed as dist
+
+            local = tensor.cpu()
+            out = [torch.empty_like(local) for _ in range(self.world_size)]
+            dist.all_gather(out, local, group=self.group)
+            return out
+
+        return KnnShard(rank=self.rank, world_size=self.world_size, all_gather=all_gather)
 
     def barrier(self) -> None:
         self._check()
@@ -432,14 +453,28 @@ def analyze_across_ranks(teacher: Network, students: Sequence[Network], images, 
     positions = assigned_students(len(students), rank=ranks.rank, world_size=ranks.world_size)
     # The cache is not used with graph variants: then every rank computes the teacher.
     teacher_first = cache_dir is not None and not options.get("graphs")
+    # A teacher whose k-NN graphs are built without the dense N x N path (above DENSE_LIMIT
+    # nodes) is computed by every rank together, each taking a share of its k-NN blocks. Only
+    # on one machine: every rank then sees the same cache (on several, one rank could find
+    # the teacher cached and skip the shared work the others wait in).
+    share_teacher = (teacher_first and ranks.world_size > 1 and _one_machine(ranks)
+                     and np.asarray(options.get("node_indices", ())).size > DENSE_LIMIT)
+    runs_teacher = teacher_first and (ranks.is_main or share_teacher)
     if progress.num_networks is None:
-        progress.num_networks = 1 + len(positions) + (1 if teacher_first and ranks.is_main else 0)
+        progress.num_networks = 1 + len(positions) + (1 if runs_teacher else 0)
     progress.message(f"{len(positions)} of {len(students)} students on this rank: "
                      + (", ".join(students[i].name for i in positions) or "none (more ranks than students)"))
 
     # 1. Rank 0 runs the teacher alone, so that the others read it instead of computing it too.
     failure, own_error, alone = None, None, None
-    if teacher_first and ranks.is_main:
+    if share_teacher:
+        # No error is caught here: the other ranks are inside the shared k-NN's collectives,
+        # so a failing rank exits, and torchrun stops the job and names it.
+        progress.message(f"{teacher.name}: computed by all {ranks.world_size} ranks, each with a share of its "
+                         "k-NN blocks")
+        alone = analyze_networks(teacher, [], images, labels, progress=progress, cache_dir=cache_dir,
+                                 knn_shard=ranks.knn_shard(), **options)
+    elif teacher_first and ranks.is_main:
         try:
             alone = analyze_networks(teacher, [], images, labels, progress=progress, cache_dir=cache_dir, **options)
         except Exception as exc:   # sent to the others (below) instead of leaving them waiting
@@ -457,7 +492,7 @@ def analyze_across_ranks(teacher: Network, students: Sequence[Network], images, 
         except Exception as exc:
             outcome, own_error = RankOutcome(rank=ranks.rank, error=_describe(exc)), exc
         else:
-            if alone is not None:
+            if alone is not None and ranks.is_main:
                 # The same values, but as computed: rows read back from the cache have their
                 # columns in another order, which would reorder metrics.csv's columns.
                 outcome.teacher_rows = list(alone.rows)
@@ -480,6 +515,11 @@ def analyze_across_ranks(teacher: Network, students: Sequence[Network], images, 
                               teacher_cached=None if alone is None else alone.teacher_cached)
     except RankFailedError as exc:
         raise exc from own_error
+
+
+def _one_machine(ranks: RankGroup) -> bool:
+    """Whether every rank of the job runs on this machine (torchrun's LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world_size)) == ranks.world_size
 
 
 def _collective(ranks: RankGroup, what: str, call):

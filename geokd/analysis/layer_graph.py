@@ -46,7 +46,8 @@ def _check_nonzero_norms(norms: np.ndarray, name: str | None) -> None:
 
 
 def cosine_knn_graph(features, *, k: int = 10, device="cpu", name: str | None = None, approximate: bool = False,
-                     candidates: int | None = None, memory_budget: int | None = None) -> sp.csr_matrix:
+                     candidates: int | None = None, memory_budget: int | None = None,
+                     shard=None) -> sp.csr_matrix:
     """Cosine k-NN graph of a layer: symmetric union, zero diagonal, weights ``>= 0``.
 
     Parameters
@@ -59,8 +60,8 @@ def cosine_knn_graph(features, *, k: int = 10, device="cpu", name: str | None = 
     device : str or torch.device
     name : str, optional
         The layer's name, used in error messages.
-    approximate, candidates, memory_budget
-        As :func:`geokd.graphs.knn_graph` takes them (default: exact, its default budget).
+    approximate, candidates, memory_budget, shard
+        As :func:`geokd.graphs.knn_graph` takes them (default: exact, its default budget, one process).
 
     Returns
     -------
@@ -87,7 +88,7 @@ def cosine_knn_graph(features, *, k: int = 10, device="cpu", name: str | None = 
         x = torch.from_numpy(x)
     options = {} if candidates is None else {"candidates": int(candidates)}
     w = knn_graph(x, k=int(k), kernel="cosine", device=device, approximate=bool(approximate),
-                  memory_budget=int(memory_budget or DEFAULT_MEMORY_BUDGET), **options)
+                  memory_budget=int(memory_budget or DEFAULT_MEMORY_BUDGET), shard=shard, **options)
     w = sp.csr_matrix(w, dtype=np.float64)
     w.setdiag(0)
     np.maximum(w.data, 0, out=w.data)

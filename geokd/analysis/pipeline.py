@@ -164,7 +164,7 @@ def layer_graphs(features, labels: np.ndarray, *, k: int, num_classes: int, devi
         else:
             knn = cosine_knn_graph(features, k=k, device=device, name=name, approximate=plan.approximate,
                                    candidates=APPROXIMATE_CANDIDATES if plan.approximate else None,
-                                   memory_budget=plan.knn_budget(features, name=name))
+                                   memory_budget=plan.knn_budget(features, name=name), shard=plan.shard)
             adjacency = None
             subset_knn = None if subset is None else cosine_knn_graph(rows_at(features, subset), k=k, device=device,
                                                                       name=name)
@@ -199,7 +199,8 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                      graphs: Sequence = (),
                      on_network: Callable[[Network, list[dict]], None] | None = None,
                      progress: ProgressReporter | None = None, cache_dir=None, memory_budget: int | None = None,
-                     store_dir=None, store_dtype: str = "float32", knn: str = "auto") -> AnalysisResult:
+                     store_dir=None, store_dtype: str = "float32", knn: str = "auto",
+                     knn_shard=None) -> AnalysisResult:
     """All metrics, per sensing point, of ``teacher`` and every student, as tidy rows.
 
     Parameters
@@ -261,6 +262,10 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
         Precision of the stored features.
     knn : {"auto", "exact", "approximate"}
         The k-NN graphs: ``auto`` is exact up to 20,000 nodes, approximate above.
+    knn_shard : geokd.graphs.dataset_knn.KnnShard, optional
+        Build every k-NN graph that does not come from a dense similarity together with the
+        other processes of a job (each calls this with the same networks and its own rank);
+        every rank gets every graph (see :mod:`geokd.analysis.distributed_analysis`).
 
     Returns
     -------
@@ -309,7 +314,7 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                              "`geokd layers NETWORK` lists the names")
         student_layers = tuple(student_layers) if student_layers is not None else layers
         plan = plan_scale(num_nodes=nodes.size, num_layers=len(layers), memory_budget=memory_budget,
-                          store_dir=store_dir, store_dtype=store_dtype, knn=knn)
+                          store_dir=store_dir, store_dtype=store_dtype, knn=knn, shard=knn_shard)
         if not plan.dense and plan.dense_note and memory_budget is not None:
             progress.message(f"aligned distance left out: {plan.dense_note}")
         if len(student_layers) != len(layers):

@@ -55,6 +55,7 @@ class ScalePlan:
     store_dtype: str = "float32"
     dense_note: str = ""          # why the dense graphs are left out, when they are
     teacher_graphs_on_disk: bool = False   # the teacher's dense graphs wait in the store, not in memory
+    shard: object = None          # a geokd.graphs.dataset_knn.KnnShard: k-NN graphs built with other processes
 
     def key(self) -> dict:
         """What of the plan changes the numbers (for the teacher cache's key)."""
@@ -119,7 +120,7 @@ def rows_at(features, positions) -> np.ndarray:
 
 
 def plan_scale(*, num_nodes: int, num_layers: int, memory_budget: int | None, store_dir=None,
-               store_dtype: str = "float32", knn: str = "auto") -> ScalePlan:
+               store_dtype: str = "float32", knn: str = "auto", shard=None) -> ScalePlan:
     """Decide the graphs and the features' place for ``num_nodes`` nodes and ``num_layers`` layers.
 
     ``memory_budget``: bytes of resident memory for the whole process, or ``None`` (unbounded,
@@ -151,4 +152,4 @@ def plan_scale(*, num_nodes: int, num_layers: int, memory_budget: int | None, st
     approximate = knn == "approximate" or (knn == "auto" and num_nodes > APPROXIMATE_FROM)
     return ScalePlan(num_nodes=num_nodes, dense=dense, approximate=approximate, budget=budget,
                      store_dir=None if store_dir is None else Path(store_dir), store_dtype=store_dtype,
-                     dense_note=note, teacher_graphs_on_disk=dense and on_disk)
+                     dense_note=note, teacher_graphs_on_disk=dense and on_disk, shard=shard)

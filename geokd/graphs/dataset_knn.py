@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -265,6 +266,44 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None 
     return torch.index_select(x, 0, index, out=out)
 
 
+@dataclasses.dataclass(frozen=True)
+class KnnShard:
+    """This process's share of one k-NN graph computed by ``world_size`` processes together.
+
+    Every process calls :func:`knn_graph` with the same points and its own ``rank``: the
+    exact scan's block pairs, the candidate search's row chunks and the re-ranking's groups
+    are dealt round-robin over the ranks, and ``all_gather`` (a tensor in, the list of every
+    rank's tensor of that shape out, in rank order: e.g. over ``torch.distributed``) brings
+    the shares together, so every rank returns the whole graph.
+
+    Examples
+    --------
+    >>> alone = KnnShard(rank=0, world_size=1, all_gather=lambda t: [t])
+    >>> alone.mine(5).tolist()
+    [True, True, True, True, True]
+    """
+
+    rank: int
+    world_size: int
+    all_gather: object
+
+    def mine(self, count: int) -> torch.Tensor:
+        """Which of ``count`` work items (dealt round-robin) are this rank's."""
+        return torch.arange(count) % self.world_size == self.rank
+
+    def combine(self, owner: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Each row of every tensor from the rank that computed it (``owner[row]``)."""
+        out = []
+        for tensor in tensors:
+            gathered = self.all_gather(tensor.contiguous())
+            merged = tensor.clone()
+            for rank, theirs in enumerate(gathered):
+                rows = (owner == rank).to(tensor.device)
+                merged[rows] = theirs.to(tensor.device)[rows]
+            out.append(merged)
+        return out
+
+
 def _merge_topk(values, indices, rows: slice, new_values, new_indices, k: int) -> None:
     merged_values = torch.cat([values[rows], new_values], dim=1)
     merged_indices = torch.cat([indices[rows], new_indices], dim=1)
@@ -274,7 +313,7 @@ def _merge_topk(values, indices, rows: slice, new_values, new_indices, k: int) -
 
 
 def _symmetric_topk(x: torch.Tensor, k: int, block: int, *, scale=None, offset=None,
-                    progress=None, desc="k-NN"):
+                    progress=None, desc="k-NN", shard: KnnShard | None = None):
     """Top-k per row of the symmetric score ``s_i s_j <x_i, x_j> + o_i + o_j``, self excluded.
 
     Only the blocks ``(I, J >= I)`` are computed: each serves the rows of ``I`` and, transposed,
@@ -284,11 +323,17 @@ def _symmetric_topk(x: torch.Tensor, k: int, block: int, *, scale=None, offset=N
     values = torch.full((n, k), float("-inf"), dtype=torch.float32, device=x.device)
     indices = torch.zeros((n, k), dtype=torch.int64, device=x.device)
     starts = list(range(0, n, block))
-    with torch.no_grad(), _progress(len(starts) * (len(starts) + 1) // 2, progress, desc) as bar:
+    pairs = [(bi, j0) for bi in range(len(starts)) for j0 in starts[bi:]]
+    mine = set(range(len(pairs))) if shard is None else set(torch.nonzero(shard.mine(len(pairs))).reshape(-1).tolist())
+    pair_index = iter(range(len(pairs)))
+    with torch.no_grad(), _progress(len(mine), progress, desc) as bar:
         for bi, i0 in enumerate(starts):
+            todo = [j0 for j0 in starts[bi:] if next(pair_index) in mine]
+            if not todo:
+                continue
             rows_i = slice(i0, min(i0 + block, n))
             block_i = _rows(x, rows_i)  # read once per row block (a row source reads it from disk)
-            for j0 in starts[bi:]:
+            for j0 in todo:
                 rows_j = slice(j0, min(j0 + block, n))
                 scores = _matmul_nt(block_i, block_i if j0 == i0 else _rows(x, rows_j))
                 if scale is not None:
@@ -305,24 +350,39 @@ def _symmetric_topk(x: torch.Tensor, k: int, block: int, *, scale=None, offset=N
                     top = torch.topk(scores, kk, dim=0, sorted=False)
                     _merge_topk(values, indices, rows_j, top.values.T, top.indices.T + i0, k)
                 bar.update(1)
+    if shard is not None and shard.world_size > 1:
+        # Every rank's running lists, merged: the best k of all of them per row.
+        all_values = torch.cat([v.to(values.device) for v in shard.all_gather(values)], dim=1)
+        all_indices = torch.cat([i.to(values.device) for i in shard.all_gather(indices)], dim=1)
+        top = torch.topk(all_values, k, dim=1, sorted=False)
+        values, indices = top.values, torch.gather(all_indices, 1, top.indices)
     return values, indices
 
 
-def _chunked_topk(left: torch.Tensor, right: torch.Tensor, k: int, rows: int, *, progress=None, desc="k-NN"):
+def _chunked_topk(left: torch.Tensor, right: torch.Tensor, k: int, rows: int, *, progress=None, desc="k-NN",
+                  shard: KnnShard | None = None):
     """Top-k of ``L R^T`` per row of L (no scaling), self excluded; scores in ``L``'s dtype."""
     n = left.shape[0]
+    chunks = list(range(0, n, rows))
+    mine = shard.mine(len(chunks)) if shard is not None else torch.ones(len(chunks), dtype=torch.bool)
     values = torch.empty(n, k, dtype=torch.float32, device=left.device)
     indices = torch.empty(n, k, dtype=torch.int64, device=left.device)
     buffer = torch.empty(min(rows, n), right.shape[0], dtype=left.dtype, device=left.device)
     with torch.no_grad(), _progress(n, progress, desc) as bar:
-        for start in range(0, n, rows):
+        for chunk, start in enumerate(chunks):
             stop = min(start + rows, n)
+            if not bool(mine[chunk]):
+                values[start:stop], indices[start:stop] = float("-inf"), 0   # another rank's rows
+                continue
             scores = _matmul_nt(left[start:stop], right, out=buffer[:stop - start])
             local = torch.arange(stop - start, device=left.device)
             scores[local, local + start] = float("-inf")  # a point is not its own neighbour
             top = torch.topk(scores, k, dim=1, sorted=False)
             values[start:stop], indices[start:stop] = top.values, top.indices
             bar.update(stop - start)
+    if shard is not None and shard.world_size > 1:
+        owner = (torch.arange(n) // rows) % shard.world_size
+        values, indices = shard.combine(owner, values, indices)
     return values, indices
 
 
@@ -582,7 +642,8 @@ def _rerank_group(x: torch.Tensor, inv_norm: torch.Tensor, members: torch.Tensor
 
 
 def _rerank_groups(x: torch.Tensor, inv_norm: torch.Tensor, candidates: torch.Tensor, order: torch.Tensor,
-                   k: int, group: int, budget: int, *, workers: int = 1, progress=None):
+                   k: int, group: int, budget: int, *, workers: int = 1, progress=None,
+                   shard: KnnShard | None = None):
     """Exact top-k of each row among its candidates and its group's shared candidates.
 
     Rows are taken ``group`` at a time in ``order`` (compact groups: their members share
@@ -603,7 +664,10 @@ def _rerank_groups(x: torch.Tensor, inv_norm: torch.Tensor, candidates: torch.Te
     values = torch.empty(n, k, dtype=torch.float32, device=x.device)
     indices = torch.empty(n, k, dtype=torch.int64, device=x.device)
     width = max(1, budget // (4 * d))
-    starts = iter(range(0, order.numel(), group))  # shared by the workers; next() is atomic under the GIL
+    starts = list(range(0, order.numel(), group))
+    if shard is not None:   # this rank's groups, dealt round-robin
+        starts = [start for start, mine in zip(starts, shard.mine(len(starts)).tolist()) if mine]
+    starts = iter(starts)  # shared by the workers; next() is atomic under the GIL
     lock = threading.Lock()
 
     def work(bar) -> None:
@@ -623,11 +687,16 @@ def _rerank_groups(x: torch.Tensor, inv_norm: torch.Tensor, candidates: torch.Te
             with concurrent.futures.ThreadPoolExecutor(workers) as pool:
                 for done in [pool.submit(work, bar) for _ in range(workers)]:
                     done.result()  # re-raises a worker's exception
+    if shard is not None and shard.world_size > 1:
+        owner = torch.zeros(n, dtype=torch.int64)
+        owner[order.cpu()] = (torch.arange(order.numel()) // group) % shard.world_size
+        values, indices = shard.combine(owner, values, indices)
     return values, indices
 
 
 def _rerank_from_source(source, inv_norm: torch.Tensor, candidates: torch.Tensor, order: torch.Tensor, k: int,
-                        group: int, budget: int, *, workers: int = 1, progress=None):
+                        group: int, budget: int, *, workers: int = 1, progress=None,
+                        shard: KnnShard | None = None):
     """:func:`_rerank_groups` for rows that are not in memory (a row source), in passes.
 
     Each pass takes the next groups of ``order`` while their rows and all their candidates
@@ -642,8 +711,9 @@ def _rerank_from_source(source, inv_norm: torch.Tensor, candidates: torch.Tensor
     indices = torch.empty(n, k, dtype=torch.int64, device=source.device)
     cand_np, order_np = candidates.cpu().numpy(), order.cpu().numpy()
     needed = np.zeros(n, dtype=bool)
+    owner = torch.zeros(n, dtype=torch.int64)   # the rank that re-ranks each row (its pass's)
     with _progress(n, progress, "k-NN re-ranking") as bar:
-        start = 0
+        start, passes = 0, 0
         while start < n:
             needed[:] = False
             count, stop = 0, start
@@ -660,6 +730,13 @@ def _rerank_from_source(source, inv_norm: torch.Tensor, candidates: torch.Tensor
                                  f"candidates are {count} rows of {d} float32 features ({count * 4 * d} bytes), "
                                  f"memory_budget {budget} bytes holds {capacity}: give it more memory, or use the "
                                  "exact mode (approximate=False), whose blocks fit any budget")
+            passes += 1
+            if shard is not None:   # passes dealt round-robin: every rank sizes them alike
+                owner[torch.from_numpy(order_np[start:stop])] = (passes - 1) % shard.world_size
+                if (passes - 1) % shard.world_size != shard.rank:
+                    values[order[start:stop]], indices[order[start:stop]] = float("-inf"), 0
+                    start = stop
+                    continue
             local = np.flatnonzero(needed)
             rows = source.take(local)
             members = np.searchsorted(local, order_np[start:stop])
@@ -675,6 +752,8 @@ def _rerank_from_source(source, inv_norm: torch.Tensor, candidates: torch.Tensor
             bar.update(stop - start)
             del rows
             start = stop
+    if shard is not None and shard.world_size > 1:
+        values, indices = shard.combine(owner, values, indices)
     return values, indices
 
 
@@ -698,7 +777,8 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
               device: str | torch.device | None = None, approximate: bool = False,
               memory_budget: int = DEFAULT_MEMORY_BUDGET, projection_dim: int = 384,
               candidates: int | None = None, sample_size: int | None = None, seed: int = 0,
-              search_precision: str = "auto", progress: bool | None = None) -> sp.csr_matrix:
+              search_precision: str = "auto", progress: bool | None = None,
+              shard: KnnShard | None = None) -> sp.csr_matrix:
     """Symmetric sparse k-NN graph of N points (union of each point's k nearest).
 
     Parameters
@@ -744,6 +824,10 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
         float32 exact cosines whatever the choice.
     progress : bool, optional
         tqdm progress bar; default: only on a terminal and when ``CI`` is not set.
+    shard : KnnShard, optional
+        Compute the graph together with other processes (each calls with the same points
+        and its own rank; see :class:`KnnShard`): each does a share of the blocks, groups
+        and chunks, and every one returns the whole graph.
 
     Notes
     -----
@@ -782,6 +866,10 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
         device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
     dtype = search_dtype(search_precision, device)  # checked before any work, in either mode
+    if shard is not None and shard.world_size > 1:
+        # Every block, chunk, sample and pass is sized from the budget: the ranks must size
+        # them alike to deal them alike, so all take the smallest budget among them.
+        memory_budget = int(min(int(b) for b in shard.all_gather(torch.tensor([memory_budget], dtype=torch.int64))))
     if is_row_source(x):
         if len(x.shape) != 2 or x.shape[0] < 2 or x.shape[1] < 1:
             raise ValueError(f"expected a row source of at least 2 rows and 1 feature, got shape {tuple(x.shape)}")
@@ -800,7 +888,7 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
         sq = norms * norms
         # -|x_i - x_j|^2 = 2<x_i, x_j> - |x_i|^2 - |x_j|^2 (symmetric): largest = nearest.
         values, indices = _symmetric_topk(pts, k, block, scale=torch.full((n,), math.sqrt(2.0), device=device),
-                                          offset=-sq, progress=progress)
+                                          offset=-sq, progress=progress, shard=shard)
         dist2 = (-values.double()).clamp_min(0.0)
         sigma = float(dist2.sqrt().mean())
         weights = torch.exp(-dist2 / (2 * sigma * sigma)) if sigma > 0 else torch.ones_like(dist2)
@@ -809,7 +897,7 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
     inv_norm = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, torch.ones_like(norms)),
                            torch.zeros_like(norms))
     if not approximate:
-        values, indices = _symmetric_topk(pts, k, block, scale=inv_norm, progress=progress)
+        values, indices = _symmetric_topk(pts, k, block, scale=inv_norm, progress=progress, shard=shard)
         return _symmetric_union(values.cpu().numpy(), indices.cpu().numpy(), n)
 
     n_cand = max(4 * k, DEFAULT_MIN_CANDIDATES) if candidates is None else candidates
@@ -819,7 +907,7 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
     dim = min(projection_dim, d)
     if dim == d:
         # A projection to as many dimensions as there are is no saving: scan exactly.
-        values, indices = _symmetric_topk(pts, k, block, scale=inv_norm, progress=progress)
+        values, indices = _symmetric_topk(pts, k, block, scale=inv_norm, progress=progress, shard=shard)
         return _symmetric_union(values.cpu().numpy(), indices.cpu().numpy(), n)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
@@ -827,12 +915,12 @@ def knn_graph(x, *, k: int = 10, kernel: str = "cosine", chunk_size: int | None 
         basis = _sample_basis(pts, inv_norm, dim, sample, POWER_ITERATIONS, memory_budget, gen, dtype)
         projected = _project(pts, inv_norm, basis, rows, dtype)
         left, right = _search_coordinates(projected, dtype)
-        _, cand = _chunked_topk(left, right, n_cand, rows, progress=progress, desc="k-NN candidates")
+        _, cand = _chunked_topk(left, right, n_cand, rows, progress=progress, desc="k-NN candidates", shard=shard)
         del left, right
     workers = torch.get_num_threads()
     with _small_torch_ops(device):
         order = _tree_order(projected, RERANK_GROUP, gen)
         rerank = _rerank_groups if isinstance(pts, torch.Tensor) else _rerank_from_source
         values, indices = rerank(pts, inv_norm, cand, order, k, RERANK_GROUP, memory_budget,
-                                 workers=workers, progress=progress)
+                                 workers=workers, progress=progress, shard=shard)
     return _symmetric_union(values.cpu().numpy(), indices.cpu().numpy(), n)
