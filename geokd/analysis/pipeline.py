@@ -16,9 +16,9 @@ dense GKD graph ``Â`` come from one Gram product while the dense graphs fit (up
 (approximate above 20,000 nodes); above ``EXACT_SPECTRUM_LIMIT`` nodes the spectra are taken
 on a fixed class-balanced subset (see :func:`spectral_subset`), every other metric on all
 nodes. With ``store_dir`` every network's features go to an on-disk store
-(:mod:`geokd.analysis.activation_store`) and every graph is built from blocks of it; the
-teacher's dense graphs wait there too, read back in row blocks by the aligned distance, so
-memory holds neither. The whole CIFAR-10 training split (50,000 nodes), teacher and one
+(:mod:`geokd.analysis.activation_store`) and every graph is built from blocks of it; when
+the teacher's dense graphs do not fit the budget beside a student's, they wait there too, read
+back in row blocks by the aligned distance. The whole CIFAR-10 training split (50,000 nodes), teacher and one
 student: 3 minutes and 2.7 GB on 2 cores (``benchmarks/bench_analysis_scale.py``).
 
 Progress and the teacher cache: every piece of work runs inside a stage of a
@@ -313,14 +313,14 @@ def analyze_networks(teacher: Network, students: Sequence[Network], images: torc
                              f"{type(teacher_model).__name__}, which has no sensing_points; "
                              "`geokd layers NETWORK` lists the names")
         student_layers = tuple(student_layers) if student_layers is not None else layers
-        plan = plan_scale(num_nodes=nodes.size, num_layers=len(layers), memory_budget=memory_budget,
-                          store_dir=store_dir, store_dtype=store_dtype, knn=knn, shard=knn_shard)
-        if not plan.dense and plan.dense_note and memory_budget is not None:
-            progress.message(f"aligned distance left out: {plan.dense_note}")
         if len(student_layers) != len(layers):
             raise ValueError(f"expected as many student layers as teacher layers (compared by position), got "
                              f"{len(student_layers)} ({', '.join(student_layers)}) for {len(layers)} "
                              f"({', '.join(layers)})")
+        plan = plan_scale(num_nodes=nodes.size, num_layers=len(layers), memory_budget=memory_budget,
+                          store_dir=store_dir, store_dtype=store_dtype, knn=knn, shard=knn_shard)
+        if not plan.dense and plan.dense_note and memory_budget is not None:
+            progress.message(f"aligned distance left out: {plan.dense_note}")
         subset = spectral_subset(node_labels)
         spectral_extra = extra if subset is None else {**extra, "node_set": f"{node_set}/spectral-{subset.size}nodes"}
         settings = dict(layers=layers, k=k, num_eigenvectors=num_eigenvectors, linear_probe=linear_probe,
