@@ -10,6 +10,7 @@ starts, naming the budget and the block (:class:`MemoryBudgetError`).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -81,13 +82,22 @@ def release_freed_memory() -> None:
     WRN-28-1 images in batches of 500), which would count against the budget for the rest
     of the run. Elsewhere a no-op.
     """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig`` in a
+    subprocess: a fork of this whole process), or ``None`` where there is none."""
     import ctypes
     import ctypes.util
 
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        pass
+        return None
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from geokd.analysis.consistency import knn_vote, linear_probe_predictions, outpu
 from geokd.analysis.crossgraph import low_frequency_basis, signal_variation
 from geokd.analysis.layer_graph import cosine_graphs, cosine_knn_graph, gkd_adjacency
 from geokd.analysis.progress import ProgressReporter
-from geokd.analysis.scale import DENSE_LIMIT, ScalePlan, plan_scale, rows_at
+from geokd.analysis.scale import ScalePlan, plan_scale, rows_at
 from geokd.analysis.smoothness import smoothness_metrics
 from geokd.analysis.spectral import aligned_distance, heat_trace_distance, lambda_distance, laplacian_spectrum
 from geokd.analysis.graph_names import name_default_graphs
@@ -113,7 +113,7 @@ class LayerGraphs:
     spectrum: np.ndarray            # normalized-Laplacian eigenvalues of the k-NN graph (of the spectral subset)
 
 
-# Up to DENSE_LIMIT nodes (geokd.analysis.scale, which also weighs the memory budget) the dense
+# Up to scale.DENSE_LIMIT nodes (geokd.analysis.scale, which also weighs the memory budget) the dense
 # GKD graphs Â are built, from the same Gram product as the k-NN graph, for the aligned distance:
 # N² float32 each (400 MB at 10,000 nodes; the teacher's are kept for every layer).
 # Above this many nodes the spectra (exact, dense O(N³) eigensolves: 70 s each at 10,000 nodes

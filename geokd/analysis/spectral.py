@@ -149,10 +149,10 @@ def aligned_distance(adjacency_a, adjacency_b, *, name: str | None = None) -> fl
     # and per-row (pairwise) sums, added in float64: a float64 copy of both graphs would be
     # 6x slower for a relative error of 1e-7 either way. Float64 graphs (the graph variants'
     # analysis) keep float64 differences.
-    dtype = torch.float64 if torch.float64 in (getattr(a, "x", a).dtype, getattr(b, "x", b).dtype) else torch.float32
     total = 0.0
     for start in range(0, a.shape[0], 1024):
-        rows_a = a.read(start, start + 1024)
-        diff = rows_a.to(dtype) - b.read(start, start + 1024).to(device=rows_a.device, dtype=dtype)
+        rows_a, rows_b = a.read(start, start + 1024), b.read(start, start + 1024)
+        dtype = torch.float64 if torch.float64 in (rows_a.dtype, rows_b.dtype) else torch.float32
+        diff = rows_a.to(dtype) - rows_b.to(device=rows_a.device, dtype=dtype)
         total += float(torch.linalg.vector_norm(diff, dim=1).double().square().sum())
     return math.sqrt(total)

@@ -93,7 +93,7 @@ class CacheEntry:
 def cache_entry(cache_dir, *, teacher, model, images, labels, nodes, mean, std, layers, k, num_eigenvectors,
                 linear_probe, extra, batch, subset, batch_size, device, heatmap_per_class, plan) -> CacheEntry:
     """The cache folder of this teacher on this node set with these settings (see the module)."""
-    from geokd.analysis import pipeline
+    from geokd.analysis import pipeline, scale
 
     settings = {
         "format": CACHE_FORMAT,
@@ -109,7 +109,7 @@ def cache_entry(cache_dir, *, teacher, model, images, labels, nodes, mean, std, 
         "heatmap_per_class": int(heatmap_per_class),
         "subset_sha256": None if subset is None else _array_digest(np.asarray(subset, dtype=np.int64)),
         "batch_size": int(batch_size), "device": str(torch.device(device)),
-        "limits": [pipeline.DENSE_LIMIT, pipeline.EXACT_SPECTRUM_LIMIT, pipeline.SPECTRUM_PER_CLASS],
+        "limits": [scale.DENSE_LIMIT, pipeline.EXACT_SPECTRUM_LIMIT, pipeline.SPECTRUM_PER_CLASS],
         "scale": plan.key(),
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()

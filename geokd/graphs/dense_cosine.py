@@ -56,10 +56,7 @@ def cosine_similarity_matrix(x, *, device=None, block: int = DEFAULT_BLOCK) -> t
     n = pts.shape[0]
     with torch.no_grad():
         pts, norms = _points_in_product_range(pts, block, per_row=True)
-        zero = torch.nonzero(norms == 0).reshape(-1)
-        if zero.numel():
-            raise ValueError(f"expected nonzero rows for the cosine similarity, got {zero.numel()} all-zero rows "
-                             f"(first at index {int(zero[0])})")
+        _refuse_zero_rows(norms)
         z = pts / norms[:, None]
         sims = torch.empty((n, n), dtype=torch.float32, device=z.device)
         for i0 in range(0, n, block):
@@ -71,6 +68,13 @@ def cosine_similarity_matrix(x, *, device=None, block: int = DEFAULT_BLOCK) -> t
     return sims
 
 
+def _refuse_zero_rows(norms: torch.Tensor) -> None:
+    zero = torch.nonzero(norms == 0).reshape(-1)
+    if zero.numel():
+        raise ValueError(f"expected nonzero rows for the cosine similarity, got {zero.numel()} all-zero rows "
+                         f"(first at index {int(zero[0])})")
+
+
 def _similarity_from_source(source, *, device: torch.device, block: int) -> torch.Tensor:
     """:func:`cosine_similarity_matrix` of rows read a block at a time (two blocks held)."""
     from geokd.graphs.dataset_knn import _SourceOnDevice, _row_norms
@@ -79,10 +83,7 @@ def _similarity_from_source(source, *, device: torch.device, block: int) -> torc
     n = rows_of.shape[0]
     with torch.no_grad():
         norms = _row_norms(rows_of, block)
-        zero = torch.nonzero(norms == 0).reshape(-1)
-        if zero.numel():
-            raise ValueError(f"expected nonzero rows for the cosine similarity, got {zero.numel()} all-zero rows "
-                             f"(first at index {int(zero[0])})")
+        _refuse_zero_rows(norms)
         sims = torch.empty((n, n), dtype=torch.float32, device=device)
         for i0 in range(0, n, block):
             i1 = min(i0 + block, n)
