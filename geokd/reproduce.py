@@ -62,6 +62,16 @@ __all__ = ["PlannedRun", "StudyTable", "BenchmarkTable", "plan_study", "run_stud
            "estimate_study_seconds", "inference_seconds_per_image", "graph_distances", "process_rank"]
 
 
+def _notes_lines(notes: str) -> list[str]:
+    """A table's free-text notes as Markdown lines (none when empty)."""
+    return ["", notes] if notes else []
+
+
+def _made_with_lines(command: str) -> list[str]:
+    """The command that made a table, as its closing Markdown line (none when unknown)."""
+    return ["", f"Made with: `{command}`"] if command else []
+
+
 @dataclass
 class PlannedRun:
     """One run of a study and where it stands on disk."""
@@ -431,16 +441,13 @@ class StudyTable:
             f"student {self.speed_ratio:.2f}x faster per image. Errors are last-epoch test errors; "
             "sd is the sample standard deviation over seeds.",
         ]
-        if self.notes:
-            lines += ["", self.notes]
+        lines += _notes_lines(self.notes)
         if self.recipes:
             lines += ["", "Objectives (CE = cross-entropy; term weights as configured):", ""]
             lines += [f"- {line}" for line in self.recipes]
         if self.extra:
             lines += ["", *self.extra]
-        if self.command:
-            lines += ["", f"Made with: `{self.command}`"]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + _made_with_lines(self.command)) + "\n"
 
     def csv(self) -> str:
         buffer = io.StringIO()
@@ -517,11 +524,7 @@ class BenchmarkTable:
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", "Each pair's full table (errors, train time, graph distances, parameters, speed): "
                   "<pair>/table.md."]
-        if self.notes:
-            lines += ["", self.notes]
-        if self.command:
-            lines += ["", f"Made with: `{self.command}`"]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + _notes_lines(self.notes) + _made_with_lines(self.command)) + "\n"
 
     def csv(self) -> str:
         buffer = io.StringIO()
