@@ -7,7 +7,7 @@ import torch
 
 from geokd.analysis.pipeline import Network, analyze_networks
 from geokd.analysis.teacher_cache import weights_digest
-from tests.test_analysis_pipeline import digits, small_cnn  # noqa: F401 (digits is a fixture)
+from tests.test_analysis_pipeline import digits, saved_small_cnns, small_cnn  # noqa: F401 (digits is a fixture)
 
 
 def batches(dataset, batch_size=100):
@@ -113,15 +113,9 @@ def test_weights_digest_sees_names_dtypes_and_values():
 
 
 def test_cli_second_run_says_teacher_cached_and_writes_the_same_metrics(tmp_path):
-    from geokd.checkpoints import save_checkpoint
     from geokd.cli import main
-    from geokd.models import model_config
 
-    paths = {}
-    for name, seed in (("teacher", 0), ("gkd_0", 1), ("gkd_1", 2)):
-        net = small_cnn(seed)
-        paths[name] = str(tmp_path / f"{name}.pt")
-        save_checkpoint(paths[name], net, model_config=model_config(net))
+    paths = saved_small_cnns(tmp_path, (("teacher", 0), ("gkd_0", 1), ("gkd_1", 2)))
     common = ["--teacher", paths["teacher"], "--dataset", "digits", "--per-class", "20", "--k", "5",
               "--output-on", "nodes", "--cache-dir", str(tmp_path / "cache")]
     assert main(["analyze", paths["gkd_0"], "--out", str(tmp_path / "a"), *common]) == 0

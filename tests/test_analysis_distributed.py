@@ -22,23 +22,19 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from geokd.analysis.distributed_analysis import (RankGroup, RankOutcome, analyze_across_ranks, merge_outcomes,
                                                  shown_students)
 from geokd.analysis.pipeline import Network, analyze_networks
 from geokd.checkpoints import save_checkpoint
 from geokd.cli import build_parser, main
-from geokd.models import build_model, model_config
+from geokd.models import model_config
+from tests.test_analysis_pipeline import small_cnn
 
 # The students, in order: run directories <method>/seed<k>/model.pt (names gkd-0, gkd-1, rkd-0).
 STUDENTS = (("gkd", 0, 1), ("gkd", 1, 2), ("rkd", 0, 3))   # method, seed, torch seed of the weights
 OPTIONS = ["--dataset", "digits", "--per-class", "12", "--k", "5", "--output-on", "nodes", "--batch-size", "64"]
 
-
-def small_cnn(seed: int):
-    torch.manual_seed(seed)
-    return build_model("small_cnn", in_channels=1, num_classes=10, widths=(4, 8, 8)).eval()
 
 
 @pytest.fixture(scope="module")

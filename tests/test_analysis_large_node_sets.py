@@ -15,7 +15,7 @@ from geokd.analysis.layer_graph import cosine_graphs, cosine_knn_graph, gkd_adja
 from geokd.analysis.nodes import balanced_node_set
 from geokd.analysis.pipeline import Network, analyze_networks, spectral_subset
 from geokd.analysis.spectral import aligned_distance, heat_trace_distance, lambda_distance, laplacian_spectrum
-from geokd.models import build_model
+from tests.test_analysis_pipeline import small_cnn
 
 
 def clustered(n_per_class=60, classes=4, dim=24, seed=0, spread=0.7):
@@ -103,10 +103,6 @@ def test_spectral_subset_is_class_balanced_and_fixed(monkeypatch):
     uneven = np.concatenate([labels, np.full(3, 10)])
     assert np.bincount(uneven[spectral_subset(uneven)]).tolist() == [3] * 11
 
-
-def small_cnn(seed):
-    torch.manual_seed(seed)
-    return build_model("small_cnn", in_channels=1, num_classes=10, widths=(4, 8, 8)).eval()
 
 
 def test_pipeline_takes_spectra_on_the_subset_above_the_limit(monkeypatch):

@@ -19,6 +19,19 @@ def small_cnn(seed):
     return build_model("small_cnn", in_channels=1, num_classes=10, widths=(4, 8, 8)).eval()
 
 
+def saved_small_cnns(folder, seeds) -> dict[str, str]:
+    """``{name: path}`` of checkpoints ``<folder>/<name>.pt`` of :func:`small_cnn`, one per
+    ``(name, torch seed)`` pair of ``seeds``."""
+    from geokd.checkpoints import save_checkpoint
+
+    paths = {}
+    for name, seed in seeds:
+        net = small_cnn(seed)
+        paths[name] = os.path.join(str(folder), f"{name}.pt")
+        save_checkpoint(paths[name], net, model_config=model_config(net))
+    return paths
+
+
 @pytest.fixture(scope="module")
 def digits():
     from geokd.data import load_dataset
@@ -108,13 +121,8 @@ def test_label_smoothness_refuses_bad_k():
 
 
 def test_cli_analyze_figures_report_on_digits(tmp_path, digits):
-    from geokd.checkpoints import save_checkpoint
 
-    paths = {}
-    for name, seed in (("teacher", 0), ("gkd_0", 1), ("rkd_1", 2)):
-        net = small_cnn(seed)
-        paths[name] = str(tmp_path / f"{name}.pt")
-        save_checkpoint(paths[name], net, model_config=model_config(net))
+    paths = saved_small_cnns(tmp_path, (("teacher", 0), ("gkd_0", 1), ("rkd_1", 2)))
     out = tmp_path / "analysis"
     code = main(["analyze", paths["gkd_0"], paths["rkd_1"], "--teacher", paths["teacher"], "--dataset", "digits",
                  "--per-class", "20", "--k", "5", "--output-on", "nodes", "--out", str(out)])

@@ -8,9 +8,9 @@ import sys
 import time
 
 import pytest
-import torch
 
 from geokd.analysis.progress import ProgressReporter, format_seconds, remaining_estimate
+from tests.test_analysis_pipeline import saved_small_cnns
 
 
 class FakeClock:
@@ -102,16 +102,9 @@ def test_heartbeat_thread_starts_and_stops():
 
 @pytest.fixture(scope="module")
 def small_checkpoints(tmp_path_factory):
-    from geokd.checkpoints import save_checkpoint
-    from geokd.models import build_model, model_config
 
     folder = tmp_path_factory.mktemp("nets")
-    paths = {}
-    for name, seed in (("teacher", 0), ("gkd_0", 1)):
-        torch.manual_seed(seed)
-        net = build_model("small_cnn", in_channels=1, num_classes=10, widths=(4, 8, 8)).eval()
-        paths[name] = str(folder / f"{name}.pt")
-        save_checkpoint(paths[name], net, model_config=model_config(net))
+    paths = saved_small_cnns(folder, (("teacher", 0), ("gkd_0", 1)))
     return paths
 
 

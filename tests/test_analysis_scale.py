@@ -15,7 +15,6 @@ import sys
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import torch
 
 from geokd.analysis.activation_store import ActivationStore, StoredRows
 from geokd.analysis.memory_budget import MemoryBudgetError, parse_bytes

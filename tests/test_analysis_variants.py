@@ -19,8 +19,7 @@ from geokd.errors import ConfigError
 from geokd.graphs import GraphSpec, batch_graph
 from geokd.graphs.spec_names import nearest_graph_name, parse_graph_names
 from geokd.losses.gkd import gkd_loss
-from geokd.models import model_config
-from tests.test_analysis_pipeline import digits, small_cnn  # noqa: F401 (digits is a fixture)
+from tests.test_analysis_pipeline import digits, saved_small_cnns, small_cnn  # noqa: F401 (digits is a fixture)
 
 LAYERS = ("stage1", "stage2", "pool")
 # A list covering k (full, 5, 16), task (all, inter, intra), power (1, 2), and the other
@@ -266,13 +265,8 @@ def test_rankings_and_tau_of_each_variant_against_the_first():
 
 
 def test_cli_variant_analysis_writes_variants_csv_and_the_graph_column(digits, tmp_path):
-    from geokd.checkpoints import save_checkpoint
 
-    paths = {}
-    for name, seed in (("teacher", 0), ("gkd_0", 1), ("rkd_1", 2)):
-        net = small_cnn(seed)
-        paths[name] = str(tmp_path / f"{name}.pt")
-        save_checkpoint(paths[name], net, model_config=model_config(net))
+    paths = saved_small_cnns(tmp_path, (("teacher", 0), ("gkd_0", 1), ("rkd_1", 2)))
     out = tmp_path / "analysis"
     graphs = ["cos-sym-full-all-p1", "cos-sym-k10-inter-p1", "cos-sym-full-all-p2", "cos-sym-k16-intra-p2"]
     assert main(["analyze", paths["gkd_0"], paths["rkd_1"], "--teacher", paths["teacher"], "--dataset", "digits",
@@ -298,13 +292,8 @@ def test_cli_variant_analysis_writes_variants_csv_and_the_graph_column(digits, t
 
 
 def test_graphs_command_draws_each_variant_with_the_teachers_masks(digits, tmp_path):
-    from geokd.checkpoints import save_checkpoint
 
-    paths = {}
-    for name, seed in (("teacher", 0), ("student", 1)):
-        net = small_cnn(seed)
-        paths[name] = str(tmp_path / f"{name}.pt")
-        save_checkpoint(paths[name], net, model_config=model_config(net))
+    paths = saved_small_cnns(tmp_path, (("teacher", 0), ("student", 1)))
     graphs = ["cos-sym-full-all-p1", "cos-sym-k5-inter-p1", "cos-sym-full-all-p2"]
     out = tmp_path / "graphs"
     assert main(["graphs", paths["student"], "--teacher", paths["teacher"], "--dataset", "digits",
@@ -332,13 +321,8 @@ def test_graphs_command_draws_each_variant_with_the_teachers_masks(digits, tmp_p
 def test_report_of_a_variant_analysis_opens_in_headless_chromium(digits, tmp_path):
     from tests._browser import open_page
 
-    from geokd.checkpoints import save_checkpoint
 
-    paths = {}
-    for name, seed in (("teacher", 0), ("gkd_0", 1), ("gkd_1", 3), ("rkd_0", 2), ("rkd_1", 4)):
-        net = small_cnn(seed)
-        paths[name] = str(tmp_path / f"{name}.pt")
-        save_checkpoint(paths[name], net, model_config=model_config(net))
+    paths = saved_small_cnns(tmp_path, (("teacher", 0), ("gkd_0", 1), ("gkd_1", 3), ("rkd_0", 2), ("rkd_1", 4)))
     out = tmp_path / "analysis"
     graphs = ["cos-sym-full-all-p1", "cos-sym-k10-inter-p1", "cos-sym-full-all-p2"]
     assert main(["analyze", *(paths[n] for n in ("gkd_0", "gkd_1", "rkd_0", "rkd_1")), "--teacher", paths["teacher"],

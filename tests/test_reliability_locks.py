@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from geokd.train.runs import DirectoryLockedError, RunLockedError, directory_lock
 from tests._fault_helpers import count_case, flush_counts
+from tests.test_analysis_pipeline import saved_small_cnns
 
 pytestmark = pytest.mark.slow
 
@@ -85,16 +85,9 @@ ANALYZE_HOLDER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    from geokd.checkpoints import save_checkpoint
-    from geokd.models import build_model, model_config
 
     folder = tmp_path_factory.mktemp("nets")
-    paths = {}
-    for name, seed in (("teacher", 0), ("gkd_0", 1), ("rkd_1", 2)):
-        torch.manual_seed(seed)
-        net = build_model("small_cnn", in_channels=1, num_classes=10, widths=(4, 8, 8)).eval()
-        paths[name] = str(folder / f"{name}.pt")
-        save_checkpoint(paths[name], net, model_config=model_config(net))
+    paths = saved_small_cnns(folder, (("teacher", 0), ("gkd_0", 1), ("rkd_1", 2)))
     return paths
 
 
